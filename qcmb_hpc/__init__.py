@@ -1,0 +1,23 @@
+"""qcmb_hpc: QCManyBody's many-body expansion, run in parallel — all cores of one node, or many
+MPI ranks under Slurm — with exactly QCManyBody's result."""
+
+from .computer import ParallelManyBodyComputer
+from .config import LoadBalanceStrategy, ParallelConfig, ParallelMode
+from .errors import FragmentExecutionError, IncompleteRunError, InputDataError, ParallelExecutionError
+from .progress import ConsoleProgressReporter, FileProgressReporter, ProgressReporter
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ParallelManyBodyComputer",
+    "ParallelConfig",
+    "ParallelMode",
+    "LoadBalanceStrategy",
+    "ParallelExecutionError",
+    "FragmentExecutionError",
+    "IncompleteRunError",
+    "InputDataError",
+    "ProgressReporter",
+    "ConsoleProgressReporter",
+    "FileProgressReporter",
+]

@@ -1,0 +1,261 @@
+"""``python -m qcmb_hpc [INPUT] [options]``: run a ManyBodyInput (JSON or YAML, schema v1 or v2).
+
+Exit codes (:data:`EXIT_CODES`):
+
+====  ====================================================================================
+0     success: the result is written
+1     a fragment failed for good (after retries); every other fragment is in the checkpoint
+2     bad usage or bad input (missing/unreadable file, not JSON/YAML, not a ManyBodyInput,
+      unknown program, one-fragment molecule, bad option value, checkpoint of another input,
+      corrupt checkpoint, resources that fit no worker)
+3     stopped by SIGTERM or SIGUSR1 (e.g. Slurm's time-limit warning) before the end:
+      incomplete, resumable — run the same command again
+4     the parallel machinery failed and ``--no-fallback-to-sequential`` was given
+130   interrupted (SIGINT / Ctrl-C): incomplete, resumable
+====  ====================================================================================
+
+Errors a user can cause print one line on stderr, never a traceback. Settings come from the
+``QCMB_*`` environment variables, then the flags (flags win). Without ``--mode`` (or
+``QCMB_PARALLEL_MODE``) the mode is adaptive: MPI under mpiexec/srun, else all cores of this node.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+from .config import SETTINGS, ParallelConfig, ParallelMode, config_values_from_environment
+from .errors import FragmentExecutionError, IncompleteRunError, InputDataError, ParallelExecutionError
+
+__all__ = ["main", "EXIT_CODES", "load_input", "default_output", "default_checkpoint", "bundled_example"]
+
+EXIT_OK, EXIT_FRAGMENT, EXIT_USAGE, EXIT_INCOMPLETE, EXIT_PARALLEL, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+EXIT_CODES = {
+    EXIT_OK: "success",
+    EXIT_FRAGMENT: "a fragment failed for good",
+    EXIT_USAGE: "bad usage or bad input",
+    EXIT_INCOMPLETE: "stopped by SIGTERM/SIGUSR1: incomplete, resumable",
+    EXIT_PARALLEL: "the parallel machinery failed (no fallback)",
+    EXIT_INTERRUPTED: "interrupted (SIGINT): incomplete, resumable",
+}
+
+logger = logging.getLogger("qcmb_hpc")
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        raise UsageError(message)
+
+
+def bundled_example() -> str:
+    """Path of the example run when no INPUT is given (s-dftd3: installed by pip alone)."""
+    from importlib import resources
+
+    return str(resources.files("qcmb_hpc.examples").joinpath("water6_dftd3.json"))
+
+
+def default_output(input_path: str) -> str:
+    """``water.json`` → ``water.result.json`` (in the input's directory)."""
+    stem, _ = os.path.splitext(input_path)
+    return stem + ".result.json"
+
+
+def default_checkpoint(output_path: str) -> str:
+    """Next to the output: ``water.result.json`` → ``water.checkpoint.jsonl``."""
+    base = output_path
+    for suffix in (".result.json", ".json"):
+        if base.endswith(suffix):
+            base = base[: -len(suffix)]
+            break
+    return base + ".checkpoint.jsonl"
+
+
+def load_input(path: str) -> Dict[str, Any]:
+    """Read a ManyBodyInput document (JSON, or YAML for .yaml/.yml or when it is not JSON)."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except FileNotFoundError:
+        raise InputDataError(f"input file {path} does not exist") from None
+    except IsADirectoryError:
+        raise InputDataError(f"input {path} is a directory, not a file") from None
+    except OSError as exc:
+        raise InputDataError(f"cannot read input file {path}: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputDataError(f"input file {path} is not text (JSON or YAML expected)") from None
+    ext = os.path.splitext(path)[1].lower()
+    data: Any = None
+    if ext in (".yaml", ".yml"):
+        data = _yaml(path, text)
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            if ext == ".json":
+                raise InputDataError(f"input file {path} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
+            data = _yaml(path, text, hint="neither JSON nor YAML")
+    if not isinstance(data, dict):
+        raise InputDataError(f"input file {path} does not hold a ManyBodyInput (expected a mapping, got {type(data).__name__})")
+    return data
+
+
+def _yaml(path: str, text: str, hint: str = "not valid YAML") -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise InputDataError(f"input file {path} is {hint}{where}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="python -m qcmb_hpc",
+        description="Run a QCManyBody many-body expansion in parallel (one node, or MPI under mpiexec/srun).",
+        epilog="Exit codes: " + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items()),
+    )
+    p.add_argument("input", nargs="?", help="ManyBodyInput as JSON or YAML (v1 or v2); default: the bundled example")
+    p.add_argument("-o", "--output", help="where to write the ManyBodyResult JSON (default: INPUT with .result.json)")
+    p.add_argument("--fresh", action="store_true", help="ignore and replace an existing checkpoint")
+    p.add_argument("--no-checkpoint", action="store_true", help="keep no checkpoint (not resumable)")
+    for s in SETTINGS:
+        dest = "cfg_" + s.name
+        if s.name == "imports":
+            p.add_argument(s.flag, dest=dest, action="append", metavar=s.metavar, help=s.help + " (repeatable)")
+        elif s.is_bool:
+            p.add_argument(s.flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=s.help)
+        else:
+            p.add_argument(s.flag, dest=dest, metavar=s.metavar, default=None, help=s.help)
+    return p
+
+
+def config_from_args(args: argparse.Namespace, environ: Optional[Dict[str, str]] = None) -> ParallelConfig:
+    """Defaults < ``QCMB_*`` environment < flags. A bad value names its flag or variable."""
+    values: Dict[str, Any] = {"mode": ParallelMode.ADAPTIVE}
+    values.update(config_values_from_environment(environ))
+    for s in SETTINGS:
+        raw = getattr(args, "cfg_" + s.name)
+        if raw is None:
+            continue
+        try:
+            values[s.name] = s.parse(raw)
+        except ValueError as exc:
+            shown = ",".join(raw) if isinstance(raw, list) else raw
+            raise InputDataError(f"{s.flag} {shown}: {exc}") from None
+    return ParallelConfig.from_dict(values)
+
+
+def _write_json(path: str, result: Any) -> None:
+    text = result.serialize("json") if hasattr(result, "serialize") else result.json()
+    if isinstance(text, bytes):
+        text = text.decode()
+    tmp = path + ".tmp"
+    with open(tmp, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def _setup_logging(level: str) -> None:
+    log = logging.getLogger("qcmb_hpc")
+    if not any(getattr(h, "_qcmb_cli", False) for h in log.handlers):
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("%(message)s"))
+        h._qcmb_cli = True  # type: ignore[attr-defined]
+        log.addHandler(h)
+        log.propagate = False
+    log.setLevel(level)
+
+
+def _rank() -> int:
+    """This process's MPI rank if mpi4py is already initialised, else 0 (no import: that would init MPI)."""
+    mod = sys.modules.get("mpi4py.MPI")
+    if mod is None:
+        return 0
+    try:
+        return mod.COMM_WORLD.Get_rank() if mod.Is_initialized() else 0
+    except Exception:
+        return 0
+
+
+def _fail(code: int, message: str) -> int:
+    if _rank() == 0:
+        print(f"qcmb_hpc: error: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        return _fail(EXIT_INTERRUPTED, "interrupted")
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
+    from .computer import ParallelManyBodyComputer
+
+    try:
+        args = build_parser().parse_args(argv)
+        config = config_from_args(args)
+    except UsageError as exc:
+        return _fail(EXIT_USAGE, str(exc))
+    except (InputDataError, ValueError) as exc:
+        return _fail(EXIT_USAGE, str(exc))
+    _setup_logging(config.log_level)
+    input_path = args.input or bundled_example()
+    output = args.output or (default_output(input_path) if args.input else os.path.basename(default_output(input_path)))
+    if not args.no_checkpoint and not config.checkpoint:
+        config = config.replace(checkpoint=default_checkpoint(output))
+    elif args.no_checkpoint:
+        config = config.replace(checkpoint=None)
+    t0 = time.perf_counter()
+    try:
+        data = load_input(input_path)
+        from .worker import import_modules
+
+        try:
+            import_modules(config.imports)
+        except ImportError as exc:
+            raise InputDataError(f"--import: {exc}") from None
+        comp = ParallelManyBodyComputer(data, parallel_config=config)
+        result = comp.compute(fresh=args.fresh, broadcast_result=False)
+    except InputDataError as exc:
+        return _fail(EXIT_USAGE, str(exc))
+    except FragmentExecutionError as exc:
+        if _rank() == 0:
+            print(f"qcmb_hpc: error: {exc}", file=sys.stderr)
+            print(exc.details(), file=sys.stderr, flush=True)
+        return EXIT_FRAGMENT
+    except IncompleteRunError as exc:
+        code = EXIT_INTERRUPTED if exc.reason == "SIGINT" else EXIT_INCOMPLETE
+        return _fail(code, str(exc))
+    except ParallelExecutionError as exc:
+        return _fail(EXIT_PARALLEL, str(exc))
+    if _rank() != 0:
+        return EXIT_OK
+    try:
+        _write_json(output, result)
+    except OSError as exc:
+        return _fail(EXIT_USAGE, f"cannot write {output}: {exc.strerror or exc}")
+    from .report import summary_line
+
+    if result.stdout:
+        print(result.stdout)
+    rep = dict(getattr(comp, "run_info", None) or {})
+    if rep:
+        rep["wall_seconds"] = time.perf_counter() - t0
+        print(summary_line(rep))
+    print(f"qcmb_hpc: result written to {output}", flush=True)
+    return EXIT_OK

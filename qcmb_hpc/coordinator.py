@@ -1,0 +1,399 @@
+"""The one coordinator loop, for every mode: assign, collect, steal, retry, checkpoint, report, stop.
+
+It talks to its workers only through a transport endpoint (:mod:`qcmb_hpc.transport`) and asks
+the :class:`~qcmb_hpc.schedule.Scheduler` (pure policy) what to send where. Time comes from an
+injected clock, so the same loop runs against real processes, MPI ranks, or the simulation's
+modelled workers on a fake clock.
+
+Invariants:
+
+* a result is journaled (flushed and fsynced, one fsync per batch) before it counts;
+* a task is at most at one worker at a time (steals are confirmed by the victim), so none runs
+  twice — a retry is a new attempt after the previous one has ended;
+* a fragment that keeps failing ends as a failure for good only after every other fragment has
+  been given its chance, so everything else is finished and saved;
+* a stop request (signal) stops handing out work, gives running fragments ``grace_period``
+  seconds, then cuts them; the journal holds everything that finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
+
+from . import transport as T
+from .checkpoint import Journal, encode_properties
+from .config import LoadBalanceStrategy
+from .engine import FragmentOutcome
+from .plan import FragmentTask
+from .progress import ProgressTracker
+from .schedule import Scheduler, auto_prefetch
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Coordinator", "RunOutcome", "Attempt", "WorkerLostError", "should_retry"]
+
+
+class WorkerLostError(RuntimeError):
+    """The parallel machinery broke: every worker is gone, or a worker reported its own failure."""
+
+
+def should_retry(outcome: FragmentOutcome, attempts: int, retry_enabled: bool, max_retries: int) -> bool:
+    """Policy: retry a failed attempt if retries are on, the error can succeed on a retry, and the
+    fragment has had fewer than ``1 + max_retries`` attempts."""
+    return bool(retry_enabled and outcome.retryable and attempts < 1 + max_retries)
+
+
+@dataclass
+class Attempt:
+    worker: int
+    host: str
+    error_type: str
+    error_message: str
+    seconds: float
+
+
+@dataclass
+class RunOutcome:
+    properties: Dict[int, Dict[str, Any]] = field(default_factory=dict)  #: task id → properties
+    atomic_results: Dict[int, Any] = field(default_factory=dict)
+    failures: Dict[int, List[Attempt]] = field(default_factory=dict)  #: failed for good
+    attempts: Dict[int, List[Attempt]] = field(default_factory=dict)  #: every failed attempt
+    restored: int = 0
+    incomplete: bool = False  #: stopped before the end (signal); resumable
+    stop_reason: str = ""
+    makespan: float = 0.0
+    timings: List[Tuple[int, int, float, float]] = field(default_factory=list)  #: (task, worker, start, seconds)
+    workers: Dict[int, Dict[str, Any]] = field(default_factory=dict)  #: READY info + BYE stats
+    steals: int = 0
+    steal_requests: int = 0
+    strategy: str = ""
+    lost_workers: List[str] = field(default_factory=list)
+
+
+class Coordinator:
+    """Runs ``tasks`` on the endpoint's workers. Construct, then :meth:`run`."""
+
+    def __init__(
+        self,
+        tasks: Sequence[FragmentTask],
+        endpoint: Any,
+        spec: Any,
+        *,
+        strategy: LoadBalanceStrategy = LoadBalanceStrategy.DYNAMIC,
+        work_stealing: bool = True,
+        prefetch: Optional[int] = None,
+        retry_failed: bool = True,
+        max_retries: int = 2,
+        journal: Optional[Journal] = None,
+        restored: Optional[Dict[int, Dict[str, Any]]] = None,
+        tracker: Optional[ProgressTracker] = None,
+        cost_model: Any = None,
+        grace_period: float = 30.0,
+        clock: Callable[[], float] = time.perf_counter,
+        start_timeout: float = 600.0,
+    ):
+        self.tasks = {t.id: t for t in tasks}
+        self.endpoint = endpoint
+        self.spec = spec
+        self.journal = journal
+        self.tracker = tracker
+        self.cost_model = cost_model
+        self.retry_failed = retry_failed
+        self.max_retries = max_retries
+        self.grace_period = grace_period
+        self.clock = clock
+        self.start_timeout = start_timeout
+        self.fixed_prefetch = prefetch
+        self.out = RunOutcome()
+        restored = restored or {}
+        for tid, props in restored.items():
+            self.out.properties[tid] = props
+        self.out.restored = len(restored)
+        todo = {t.id: t.cost for t in tasks if t.id not in restored}
+        self.unresolved: Set[int] = set(todo)
+        self.scheduler = Scheduler(
+            todo, list(endpoint.workers), strategy, stealing=work_stealing, prefetch=prefetch or 1
+        )
+        self.out.strategy = self.scheduler.strategy.value
+        self.ready: Set[int] = set()
+        self.live: Set[int] = set(endpoint.workers)
+        self._dirty: Set[int] = set()  # workers whose state changed: see what they need
+        self._idle: Dict[int, None] = {}  # workers that got nothing last time (insertion-ordered)
+        self.said_bye: Set[int] = set()
+        self.failed_attempts: Dict[int, int] = {}
+        self.stop_reason: Optional[str] = None
+        self.stop_deadline: Optional[float] = None
+        self.stop_sent = False
+        self._mean_seconds: Optional[float] = None
+        self._results_seen = 0
+        self._next_refit = 8
+
+    # ------------------------------------------------------------------------------------------
+    def request_stop(self, reason: str) -> None:
+        """Stop handing out work (safe to call from a signal handler)."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+
+    def run(self) -> RunOutcome:
+        t_start = self.clock()
+        if self.tracker is not None:
+            self.tracker.start([self.tasks[tid].nbody for tid in self.out.properties])
+        self.endpoint.setup(self.spec)
+        wait = 0.0
+        max_wait = getattr(self.endpoint, "max_wait", 0.05)
+        while True:
+            if self.stop_reason is not None and self.stop_deadline is None:
+                self._begin_stop()
+            if self._finished():
+                break
+            if not self.ready and self.clock() - t_start > self.start_timeout and not self.stop_sent:
+                raise WorkerLostError(f"no worker became ready within {self.start_timeout:.0f} s")
+            msgs = self.endpoint.recv(wait)
+            if msgs:
+                self._handle_batch(msgs)
+                wait = 0.0
+            else:
+                wait = min(max(wait * 2, 1e-5), max_wait)
+            if self.stop_deadline is None:
+                self._dispatch()
+            elif not self.stop_sent and (self._all_idle() or self.clock() >= self.stop_deadline):
+                self._send_stop()
+        if not self.stop_sent:
+            self._send_stop()
+        self._await_byes()
+        self.out.makespan = self.clock() - t_start
+        self.out.steals = self.scheduler.steals
+        self.out.steal_requests = self.scheduler.steal_requests
+        self.out.incomplete = bool(self.unresolved)
+        self.out.stop_reason = self.stop_reason or ""
+        if self.tracker is not None and not self.out.incomplete:
+            self.tracker.finish()
+        return self.out
+
+    # -- loop pieces ------------------------------------------------------------------------------
+    def _finished(self) -> bool:
+        if self.stop_sent:
+            return True
+        if not self.unresolved:
+            return True
+        if not self.live:
+            raise WorkerLostError("every worker is gone: " + "; ".join(self.out.lost_workers or ["no workers"]))
+        return False
+
+    def _all_idle(self) -> bool:
+        return all(self.scheduler.idle(w) for w in self.live)
+
+    def _handle_batch(self, msgs: List[Tuple[int, T.Message]]) -> None:
+        records: List[Dict[str, Any]] = []
+        finished: List[FragmentOutcome] = []
+        for wid, msg in msgs:
+            kind = msg[0]
+            if kind == T.RESULTS:
+                self._dirty.add(wid)
+                for out in msg[1]:
+                    if self._accept(wid, out):
+                        if out.ok:
+                            finished.append(out)
+                            records.append(self._record(out))
+            elif kind == T.READY:
+                self.ready.add(wid)
+                self._dirty.add(wid)
+                self.out.workers.setdefault(wid, {}).update(msg[1])
+            elif kind == T.RETURNED:
+                thief, ids = self.scheduler.returned(wid, msg[1], msg[2] if len(msg) > 2 else ())
+                if thief is not None and ids:
+                    self.endpoint.send(thief, (T.TASKS, [self.tasks[t].wire() for t in ids]))
+                self._dirty.add(wid)
+            elif kind == T.BYE:
+                self.said_bye.add(wid)
+                self.out.workers.setdefault(wid, {}).update(msg[1])
+            elif kind == T.FAILED:
+                self._lose(wid, str(msg[1]))
+                if isinstance(msg[1], str):
+                    logger.error("%s", msg[1])
+            elif kind == T.LOST:
+                self._lose(wid, str(msg[1]))
+            else:
+                raise WorkerLostError(f"unknown message {kind!r} from worker {wid}")
+        if records and self.journal is not None:
+            self.journal.append(records)  # durable before counted
+        for out in finished:
+            self._count_success(out)
+
+    def _record(self, out: FragmentOutcome) -> Dict[str, Any]:
+        rec = {
+            "label": self.tasks[out.id].label,
+            "properties": encode_properties(out.properties or {}),
+            "seconds": out.seconds,
+            "worker": out.worker,
+            "host": out.host,
+        }
+        if out.atomic_result is not None:
+            rec["atomic_result"] = out.atomic_result.model_dump(mode="json")
+        return rec
+
+    def _accept(self, wid: int, out: FragmentOutcome) -> bool:
+        """Bookkeeping for one attempt; returns whether it is a success to count."""
+        tid = out.id
+        if tid not in self.unresolved:  # a duplicate can only come from a bug; never count twice
+            logger.warning("ignoring a second result for fragment %s from worker %s", tid, wid)
+            self.scheduler.completed(wid, tid)
+            return False
+        self.out.timings.append((tid, wid, out.started, out.seconds))
+        if out.ok:
+            self.scheduler.completed(wid, tid)
+            return True
+        if out.error_type == "cancelled":
+            self.scheduler.failed(wid, tid, retry=True)
+            return False
+        task = self.tasks[tid]
+        attempt = Attempt(wid, out.host, out.error_type or "unknown_error", out.error_message or "", out.seconds)
+        self.out.attempts.setdefault(tid, []).append(attempt)
+        n = len(self.out.attempts[tid])
+        retry = should_retry(out, n, self.retry_failed, self.max_retries)
+        avoid = {a.worker for a in self.out.attempts[tid]}
+        self.scheduler.failed(wid, tid, retry=retry, avoid=avoid)
+        if retry:
+            logger.warning(
+                "fragment %s attempt %d on worker %d failed (%s); retrying", task.label, n, wid, attempt.error_type
+            )
+            if self.tracker is not None:
+                self.tracker.retried(task.label, n, f"{attempt.error_type}: {_first_line(attempt.error_message)}")
+        else:
+            self.out.failures[tid] = self.out.attempts[tid]
+            self.unresolved.discard(tid)
+            logger.error("fragment %s failed for good after %d attempt(s): %s", task.label, n, attempt.error_type)
+            if self.tracker is not None:
+                self.tracker.completed(task.label, task.nbody, False)
+        return False
+
+    def _count_success(self, out: FragmentOutcome) -> None:
+        tid = out.id
+        task = self.tasks[tid]
+        self.out.properties[tid] = out.properties or {}
+        if out.atomic_result is not None:
+            self.out.atomic_results[tid] = out.atomic_result
+        self.unresolved.discard(tid)
+        if self.tracker is not None:
+            self.tracker.completed(task.label, task.nbody, True)
+        self._results_seen += 1
+        m = self._mean_seconds
+        self._mean_seconds = out.seconds if m is None else 0.9 * m + 0.1 * out.seconds
+        if self.fixed_prefetch is None:
+            self.scheduler.prefetch = auto_prefetch(self._mean_seconds)
+        if self.cost_model is not None:
+            self.cost_model.observe(task.mc, task.real, task.basis, out.seconds)
+            if self._results_seen >= self._next_refit:
+                self._next_refit *= 2
+                self._refit()
+
+    def _refit(self) -> None:
+        if not self.cost_model.refit():
+            return
+        pending = [t for t in self.unresolved]
+        costs = {}
+        for tid in pending:
+            t = self.tasks[tid]
+            t.cost = self.cost_model.estimate(t.mc, t.real, t.basis)
+            costs[tid] = t.cost
+        self.scheduler.reorder(costs)
+        logger.debug("cost model refit after %d results; %d pending tasks re-ordered", self._results_seen, len(pending))
+
+    def _dispatch(self) -> None:
+        """Top up the workers whose state changed; then let idle workers take (or steal) work while
+        there is any. Work is O(changes), not O(workers), per round."""
+        dirty, self._dirty = self._dirty, set()
+        for w in dirty:
+            if w in self.ready and not self._serve(w):
+                self._idle[w] = None
+        while self._idle:
+            w = next(iter(self._idle))
+            del self._idle[w]
+            if w in self.ready and not self._serve(w):
+                self._idle[w] = None
+                if not self.scheduler.retry:
+                    break  # nobody else would get anything either
+                # a retry may be meant for another worker than this one: try each idle one once
+                for v in list(self._idle):
+                    if v != w and v in self.ready and self._serve(v):
+                        del self._idle[v]
+                break
+
+    def _serve(self, w: int) -> bool:
+        """Send ``w`` what it should get now; returns whether it got (or was promised) anything."""
+        sched = self.scheduler
+        ids = sched.assign(w)
+        if ids:
+            self.endpoint.send(w, (T.TASKS, [self.tasks[t].wire() for t in ids]))
+            return True
+        if not sched.idle(w):
+            return True  # busy enough
+        plan = sched.steal(w)
+        if plan is None:
+            return w in sched.thieves  # waiting for a steal answer counts as served
+        target, tids = plan
+        if target == w:
+            self.endpoint.send(w, (T.TASKS, [self.tasks[t].wire() for t in tids]))
+        else:
+            self.endpoint.send(target, (T.STEAL, list(tids)))
+        return True
+
+    def _lose(self, wid: int, why: str) -> None:
+        if wid in self.said_bye:  # a worker that said goodbye and left is not lost
+            self.live.discard(wid)
+            return
+        if wid not in self.live:
+            return
+        self.live.discard(wid)
+        self.ready.discard(wid)
+        self._idle.pop(wid, None)
+        last = why.strip().splitlines()[-1] if why.strip() else "no reason given"
+        self.out.lost_workers.append(f"worker {wid}: {last}")
+        sent = list(self.scheduler.sent.get(wid, ()))
+        drop = []
+        if sent and sent[0] in self.unresolved:
+            # the fragment it was (probably) running counts as a failed attempt, so a fragment that
+            # kills its worker cannot take down every worker in turn
+            head = sent[0]
+            out = FragmentOutcome(id=head, ok=False, error_type="worker_lost", error_message=why[-2000:], worker=wid)
+            self.out.attempts.setdefault(head, []).append(Attempt(wid, "", "worker_lost", why[-2000:], 0.0))
+            if not should_retry(out, len(self.out.attempts[head]), self.retry_failed, self.max_retries):
+                self.out.failures[head] = self.out.attempts[head]
+                self.unresolved.discard(head)
+                drop.append(head)
+        self.scheduler.remove_worker(wid, drop=drop)
+        self._idle.update((w, None) for w in self.ready)  # the lost work is up for grabs
+        logger.warning("worker %d lost (%s); its %d task(s) go to the others", wid, last[:200], len(sent))
+
+    def _begin_stop(self) -> None:
+        self.stop_deadline = self.clock() + self.grace_period
+        logger.warning(
+            "stop requested (%s): no new fragments; running ones get %.0f s to finish", self.stop_reason, self.grace_period
+        )
+        self.scheduler.cancel_steals()
+        for w in list(self.live):
+            unstarted = list(self.scheduler.sent.get(w, ()))[1:]
+            if unstarted:
+                self.endpoint.send(w, (T.STEAL, unstarted))
+
+    def _send_stop(self) -> None:
+        for w in list(self.live):
+            self.endpoint.send(w, (T.STOP,))
+        self.stop_sent = True
+
+    def _await_byes(self, timeout: float = 30.0) -> None:
+        deadline = self.clock() + timeout
+        while self.live - self.said_bye and self.clock() < deadline:
+            msgs = self.endpoint.recv(0.01)
+            if msgs:
+                self._handle_batch(msgs)
+
+
+def _first_line(text: str) -> str:
+    for line in (text or "").strip().splitlines():
+        if line.strip():
+            return line.strip()[:200]
+    return ""

@@ -1,0 +1,372 @@
+"""Run one fragment through QCEngine, in this process or in an isolated child process.
+
+* :func:`run_fragment` builds the fragment's ``AtomicInput`` exactly as QCManyBody does, calls
+  ``qcengine.compute`` with this worker's ``task_config`` (ncores, memory, scratch) and turns the
+  answer into a :class:`FragmentOutcome`: plain numbers and arrays, timings, and on failure the
+  engine's error type and text.
+* :class:`InlineRunner` runs fragments in the calling process (fastest; used when isolation is off).
+* :class:`ChildRunner` runs them in a long-lived child process the worker owns and reuses (warm:
+  qcengine is imported once). A segfault, an out-of-memory kill or a hang costs only the child: the
+  runner reports a failed outcome, and starts a fresh child for the next fragment. A fragment that
+  passes ``timeout_per_fragment`` has its child killed. The child leaves through ``os._exit``
+  (never ``atexit``, which would finalize MPI in a child forked from an MPI rank) and runs engines
+  with the MPI launcher's variables removed (an Open MPI program such as NWChem started from an
+  MPI rank otherwise dies in ``orte_init``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, List, Optional
+
+from .plan import RunSpec, build_atomic_input
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "FragmentOutcome",
+    "run_fragment",
+    "InlineRunner",
+    "ChildRunner",
+    "make_runner",
+    "NON_RETRYABLE_ERRORS",
+    "MPI_ENV_PREFIXES",
+    "clean_mpi_environment",
+    "set_thread_environment",
+]
+
+#: qcengine error types that cannot succeed on a retry (bad method, basis, keywords, program).
+NON_RETRYABLE_ERRORS = frozenset({"input_error"})
+
+#: environment variables of MPI launchers (Open MPI, PMIx, PMI/Slurm PMI2, MPICH/Hydra, Intel MPI).
+MPI_ENV_PREFIXES = ("OMPI_", "PMIX_", "PMI_", "HYDRA_", "MPICH_", "MPIR_", "I_MPI_", "MPI_LOCAL")
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+@dataclass
+class FragmentOutcome:
+    """What comes back from one attempt at one fragment."""
+
+    id: int
+    ok: bool
+    properties: Optional[Dict[str, Any]] = None  #: {"energy": float, "gradient": ndarray, "hessian": ndarray}
+    atomic_result: Any = None  #: the full AtomicResult, only when the input asks for cluster_results="all"
+    error_type: Optional[str] = None
+    error_message: Optional[str] = None
+    retryable: bool = True
+    started: float = 0.0  #: wall-clock (time.time) start
+    seconds: float = 0.0  #: wall seconds of the attempt
+    worker: int = -1  #: filled in by the worker
+    host: str = ""
+
+
+def set_thread_environment(threads: int) -> None:
+    """Give the QC program (and any BLAS/OpenMP in this process started later) ``threads`` threads."""
+    for var in THREAD_VARIABLES:
+        os.environ[var] = str(int(threads))
+
+
+def _is_mpi_variable(name: str) -> bool:
+    return name.startswith(MPI_ENV_PREFIXES)
+
+
+@contextlib.contextmanager
+def clean_mpi_environment() -> Iterator[None]:
+    """Remove the MPI launcher's variables from ``os.environ`` while the engine runs (restored after)."""
+    removed = {k: os.environ.pop(k) for k in [k for k in os.environ if _is_mpi_variable(k)]}
+    try:
+        yield
+    finally:
+        os.environ.update(removed)
+
+
+def _extract_properties(result: Any) -> Dict[str, Any]:
+    """The same properties qcmanybody takes from each AtomicResult."""
+    props: Dict[str, Any] = {}
+    for p in ("energy", "gradient", "hessian"):
+        v = getattr(result.properties, f"return_{p}", None)
+        if v is not None:
+            props[p] = v
+    return props
+
+
+def run_fragment(spec: RunSpec, task_id: int, label: str, task_config: Dict[str, Any]) -> FragmentOutcome:
+    """Run one fragment in this process and describe what happened (never raises for engine errors)."""
+    import qcengine
+
+    started = time.time()
+    t0 = time.perf_counter()
+    try:
+        program, inp = build_atomic_input(spec, label)
+    except Exception as exc:  # a fragment that cannot even be built is an input problem
+        return FragmentOutcome(
+            id=task_id,
+            ok=False,
+            error_type="input_error",
+            error_message=f"{type(exc).__name__}: {exc}",
+            retryable=False,
+            started=started,
+            seconds=time.perf_counter() - t0,
+        )
+    with clean_mpi_environment():
+        try:
+            result = qcengine.compute(inp, program, raise_error=False, task_config=dict(task_config))
+        except Exception as exc:  # harness bugs: report, the coordinator decides about retries
+            return FragmentOutcome(
+                id=task_id,
+                ok=False,
+                error_type="unknown_error",
+                error_message="".join(traceback.format_exception_only(type(exc), exc)).strip(),
+                started=started,
+                seconds=time.perf_counter() - t0,
+            )
+    seconds = time.perf_counter() - t0
+    if not getattr(result, "success", False):
+        err = getattr(result, "error", None)
+        etype = getattr(err, "error_type", "unknown_error") or "unknown_error"
+        emsg = getattr(err, "error_message", None) or repr(result)
+        return FragmentOutcome(
+            id=task_id,
+            ok=False,
+            error_type=etype,
+            error_message=emsg,
+            retryable=etype not in NON_RETRYABLE_ERRORS,
+            started=started,
+            seconds=seconds,
+        )
+    return FragmentOutcome(
+        id=task_id,
+        ok=True,
+        properties=_extract_properties(result),
+        atomic_result=result if spec.keep_atomic_results else None,
+        started=started,
+        seconds=seconds,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# runners: where a worker's fragments execute
+# --------------------------------------------------------------------------------------------
+
+
+class InlineRunner:
+    """Runs each fragment synchronously in the worker's own process."""
+
+    isolated = False
+
+    def __init__(self, spec: RunSpec, task_config: Dict[str, Any]):
+        self.spec = spec
+        self.task_config = task_config
+        self._outcome: Optional[FragmentOutcome] = None
+        self.restarts = 0
+
+    @property
+    def busy(self) -> bool:
+        return self._outcome is not None
+
+    def start(self, task_id: int, label: str) -> None:
+        self._outcome = run_fragment(self.spec, task_id, label, self.task_config)
+
+    def poll(self) -> Optional[FragmentOutcome]:
+        out, self._outcome = self._outcome, None
+        return out
+
+    def waitable(self) -> List[Any]:
+        return []
+
+    def cancel(self) -> Optional[FragmentOutcome]:
+        return self.poll()
+
+    def close(self) -> None:
+        self._outcome = None
+
+
+def _child_main(conn: Any, spec: RunSpec, task_config: Dict[str, Any], close: List[Any]) -> None:  # pragma: no cover
+    """The isolated child: receive (id, label), run, send the outcome; leave with os._exit."""
+    code = 0
+    try:
+        for c in close:
+            with contextlib.suppress(Exception):
+                c.close()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when a fragment is cut
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        for k in [k for k in os.environ if _is_mpi_variable(k)]:
+            del os.environ[k]
+        set_thread_environment(spec.threads_per_worker)
+        while True:
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):
+                break
+            if msg is None:
+                break
+            task_id, label = msg
+            conn.send(run_fragment(spec, task_id, label, task_config))
+    except BaseException:
+        code = 1
+        with contextlib.suppress(Exception):
+            traceback.print_exc()
+    finally:
+        os._exit(code)
+
+
+def _describe_exit(exitcode: Optional[int]) -> str:
+    if exitcode is None:
+        return "did not exit"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        hint = " (out of memory?)" if -exitcode == signal.SIGKILL else ""
+        return f"killed by {name}{hint}"
+    return f"exited with code {exitcode}"
+
+
+class ChildRunner:
+    """Runs fragments in a long-lived child process; survives the child's crash, hang or timeout."""
+
+    isolated = True
+
+    def __init__(
+        self, spec: RunSpec, task_config: Dict[str, Any], timeout: Optional[float] = None, close_in_child: List[Any] = ()
+    ):
+        self.close_in_child = list(close_in_child)
+        self.spec = spec
+        self.task_config = task_config
+        self.timeout = timeout
+        self._ctx = multiprocessing.get_context("fork")
+        self._proc: Any = None
+        self._conn: Any = None
+        self._task: Optional[tuple] = None
+        self._t0 = 0.0
+        self._started_wall = 0.0
+        self.restarts = 0
+        self._host = socket.gethostname()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def _spawn(self) -> None:
+        parent, child = self._ctx.Pipe(duplex=True)
+        gc.collect()
+        gc.freeze()  # the child does not touch (and so does not copy) the parent's heap in its first gc
+        try:
+            proc = self._ctx.Process(
+                target=_child_main, args=(child, self.spec, self.task_config, self.close_in_child), daemon=True
+            )
+            proc.start()
+        finally:
+            gc.unfreeze()
+        child.close()
+        self._proc, self._conn = proc, parent
+
+    def ensure_started(self) -> None:
+        if self._proc is None or not self._proc.is_alive():
+            if self._proc is not None:
+                self._reap()
+                self.restarts += 1
+            self._spawn()
+
+    def _reap(self) -> None:
+        with contextlib.suppress(Exception):
+            self._conn.close()
+        with contextlib.suppress(Exception):
+            if self._proc.is_alive():
+                self._proc.kill()
+            self._proc.join(5)
+        self._proc = self._conn = None
+
+    @property
+    def busy(self) -> bool:
+        return self._task is not None
+
+    def start(self, task_id: int, label: str) -> None:
+        self.ensure_started()
+        self._task = (task_id, label)
+        self._t0 = time.perf_counter()
+        self._started_wall = time.time()
+        try:
+            self._conn.send(self._task)
+        except (OSError, BrokenPipeError):
+            pass  # the child died before taking it; poll() reports the crash
+
+    def waitable(self) -> List[Any]:
+        return [self._conn] if self._task is not None and self._conn is not None else []
+
+    def _failed(self, error_type: str, message: str) -> FragmentOutcome:
+        task_id = self._task[0] if self._task else -1
+        self._task = None
+        return FragmentOutcome(
+            id=task_id,
+            ok=False,
+            error_type=error_type,
+            error_message=message,
+            retryable=True,
+            started=self._started_wall,
+            seconds=time.perf_counter() - self._t0,
+            host=self._host,
+        )
+
+    def poll(self) -> Optional[FragmentOutcome]:
+        """The outcome if the fragment finished, crashed or timed out; else None (does not block)."""
+        if self._task is None:
+            return None
+        try:
+            if self._conn.poll():
+                out = self._conn.recv()
+                self._task = None
+                return out
+        except (EOFError, OSError):
+            pass
+        else:
+            if self._proc.is_alive():
+                if self.timeout is not None and time.perf_counter() - self._t0 > self.timeout:
+                    self._reap()
+                    return self._failed(
+                        "timeout", f"fragment exceeded timeout_per_fragment={self.timeout:g} s and was killed"
+                    )
+                return None
+        # the child is gone
+        self._proc.join(5)
+        desc = _describe_exit(self._proc.exitcode)
+        self._reap()
+        return self._failed("worker_crash", f"the process running the fragment {desc}")
+
+    def cancel(self) -> Optional[FragmentOutcome]:
+        """Cut the running fragment (kill the child); returns its failed outcome, if one was running."""
+        if self._task is None:
+            return None
+        out = self.poll()
+        if out is not None:
+            return out
+        self._reap()
+        return self._failed("cancelled", "the fragment was cut when the run was stopped")
+
+    def close(self) -> None:
+        if self._proc is None:
+            return
+        if self._task is None:
+            with contextlib.suppress(Exception):
+                self._conn.send(None)
+            self._proc.join(2)
+        self._reap()
+        self._task = None
+
+
+def make_runner(spec: RunSpec, task_config: Dict[str, Any], close_in_child: List[Any] = ()):
+    """A :class:`ChildRunner` when isolation is on or a timeout is set (a hang can only be cut in a
+    child), else an :class:`InlineRunner`. ``close_in_child``: inherited connections the child closes."""
+    if spec.isolate or spec.timeout is not None:
+        runner = ChildRunner(spec, task_config, timeout=spec.timeout, close_in_child=close_in_child)
+        runner.ensure_started()
+        return runner
+    return InlineRunner(spec, task_config)

@@ -1,0 +1,91 @@
+"""The errors qcmb_hpc raises. All pickle (they travel from rank 0 to every MPI rank)."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+__all__ = [
+    "QCMBError",
+    "InputDataError",
+    "ParallelExecutionError",
+    "FragmentExecutionError",
+    "IncompleteRunError",
+]
+
+
+class QCMBError(Exception):
+    """Base class."""
+
+
+class InputDataError(QCMBError, ValueError):
+    """The input cannot be run as given (bad molecule, unknown program, bad setting, foreign
+    checkpoint). The CLI prints it on one line and exits 2."""
+
+
+class ParallelExecutionError(QCMBError, RuntimeError):
+    """The parallel machinery failed (workers could not start, a transport broke, every worker was
+    lost) — not the chemistry. With ``fallback_to_sequential`` the run continues sequentially instead."""
+
+
+class FragmentExecutionError(QCMBError, RuntimeError):
+    """One or more fragments failed for good. ``failures`` holds, per fragment, its label, program
+    and every attempt (worker, host, error type and the engine's message). Every other fragment was
+    finished and checkpointed first."""
+
+    def __init__(self, failures: List[Dict[str, Any]], completed: int = 0, total: int = 0):
+        self.failures = failures
+        self.completed = completed
+        self.total = total
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        parts = []
+        for f in self.failures:
+            attempts = f.get("attempts", [])
+            last = attempts[-1] if attempts else {}
+            where = ", ".join(sorted({f"worker {a.get('worker')}@{a.get('host') or '?'}" for a in attempts}))
+            text = (last.get("error_message") or "").strip()
+            first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+            parts.append(
+                f"fragment {f['label']} (program {f.get('program')}) failed after {len(attempts)} attempt(s) "
+                f"on {where or '?'}: {last.get('error_type', 'error')}: {first[:500]}"
+            )
+        head = f"{len(self.failures)} fragment(s) failed"
+        if self.total:
+            head += f" ({self.completed} of {self.total} finished and checkpointed)"
+        return head + ": " + "; ".join(parts)
+
+    def __reduce__(self):
+        return (type(self), (self.failures, self.completed, self.total))
+
+    def details(self) -> str:
+        """Every attempt of every failed fragment, with the full error text."""
+        lines = []
+        for f in self.failures:
+            lines.append(f"fragment {f['label']} (program {f.get('program')}):")
+            for k, a in enumerate(f.get("attempts", []), start=1):
+                lines.append(
+                    f"  attempt {k} on worker {a.get('worker')} ({a.get('host') or '?'}), {a.get('seconds', 0):.2f} s: "
+                    f"{a.get('error_type')}"
+                )
+                for ln in (a.get("error_message") or "").strip().splitlines()[-20:]:
+                    lines.append("    " + ln)
+        return "\n".join(lines)
+
+
+class IncompleteRunError(QCMBError, RuntimeError):
+    """The run was stopped (a signal: SIGTERM, SIGINT, SIGUSR1) before every fragment finished.
+    Everything finished is in the checkpoint; running the same input again resumes."""
+
+    def __init__(self, reason: str, completed: int, total: int, checkpoint: Optional[str]):
+        self.reason = reason
+        self.completed = completed
+        self.total = total
+        self.checkpoint = checkpoint
+        where = f"; {checkpoint} holds them: run the same command again to resume" if checkpoint else (
+            "; no checkpoint was kept (set ParallelConfig.checkpoint to make runs resumable)"
+        )
+        super().__init__(f"stopped by {reason} with {completed} of {total} fragments finished{where}")
+
+    def __reduce__(self):
+        return (type(self), (self.reason, self.completed, self.total, self.checkpoint))

@@ -1,0 +1,207 @@
+"""What a worker needs: :class:`RunSpec` (once per run) and :class:`FragmentTask` (once per fragment).
+
+Planning stays QCManyBody's: the fragments are exactly those of ``ManyBodyCore.iterate_molecules()``,
+in the same order and with the same labels. The coordinator only walks the *labels* (cheap); the
+fragment ``Molecule`` is built on the worker by :func:`build_fragment_molecule`, which makes the
+same ``get_fragment`` call QCManyBody makes (building ~680k molecules on rank 0 would take an hour).
+``tests/test_plan.py`` checks both against ``iterate_molecules()`` itself.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+from qcmanybody import ManyBodyCore
+from qcmanybody.utils import delabeler, labeler
+
+__all__ = ["FragmentTask", "RunSpec", "iterate_labels", "build_tasks", "build_fragment_molecule", "build_atomic_input"]
+
+
+@dataclass
+class FragmentTask:
+    """One fragment calculation. On the wire only ``(id, label)`` travels."""
+
+    id: int  #: position in QCManyBody's plan order
+    label: str  #: QCManyBody's label, ``json.dumps([mc, real_frags, basis_frags])``
+    mc: str  #: model-chemistry key of the specification
+    real: Tuple[int, ...]  #: 1-based real fragments
+    basis: Tuple[int, ...]  #: 1-based fragments whose basis functions are present (real + ghost)
+    natoms_real: int = 0
+    natoms_ghost: int = 0
+    cost: float = 1.0  #: estimated seconds (relative units before calibration)
+
+    @property
+    def nbody(self) -> int:
+        """The n-body level this fragment belongs to (number of real fragments)."""
+        return len(self.real)
+
+    @property
+    def ghost(self) -> Tuple[int, ...]:
+        return tuple(sorted(set(self.basis) - set(self.real)))
+
+    def wire(self) -> Tuple[int, str]:
+        return (self.id, self.label)
+
+
+def iterate_labels(core: ManyBodyCore) -> Iterator[Tuple[str, str, Tuple[int, ...], Tuple[int, ...]]]:
+    """``(mc, label, real, basis)`` in exactly the order of ``core.iterate_molecules()``, without
+    building any molecule (the same loop over ``core.compute_map``)."""
+    done = set()
+    for mc, compute_dict in core.compute_map.items():
+        for compute_list in compute_dict["all"].values():
+            for real_atoms, basis_atoms in compute_list:
+                label = labeler(mc, real_atoms, basis_atoms)
+                if label in done:
+                    continue
+                done.add(label)
+                yield mc, label, tuple(real_atoms), tuple(basis_atoms)
+
+
+def build_tasks(core: ManyBodyCore) -> List[FragmentTask]:
+    """All fragment tasks of a plan, in QCManyBody's order, with atom counts filled in."""
+    sizes = core.fragment_size_dict
+    tasks = []
+    for i, (mc, label, real, basis) in enumerate(iterate_labels(core)):
+        nreal = sum(sizes[f] for f in real)
+        nbasis = sum(sizes[f] for f in basis)
+        tasks.append(
+            FragmentTask(
+                id=i, label=label, mc=mc, real=real, basis=basis, natoms_real=nreal, natoms_ghost=nbasis - nreal
+            )
+        )
+    return tasks
+
+
+@dataclass
+class RunSpec:
+    """Everything a worker needs, sent once per run (broadcast in MPI mode)."""
+
+    molecule: Any  #: the parent ``qcelemental.models.v2.Molecule``
+    specifications: Dict[str, Dict[str, Any]]  #: mc → {"program": str, "specification": dict}, as qcmanybody builds
+    embedding_charges: Optional[Dict[int, List[float]]] = None
+    keep_atomic_results: bool = False  #: protocols.cluster_results == "all"
+    imports: List[str] = field(default_factory=list)
+    threads_per_worker: int = 1
+    memory_per_worker: Optional[int] = None  #: bytes
+    scratch_root: Optional[str] = None  #: a directory per worker is made under it
+    keep_scratch: bool = False
+    timeout: Optional[float] = None  #: seconds per fragment
+    isolate: bool = True  #: run fragments in a child process
+    log_level: str = "INFO"
+
+    def task_config(self, scratch_directory: Optional[str]) -> Dict[str, Any]:
+        """qcengine ``task_config`` for one worker: its cores, its memory (GiB), its scratch."""
+        cfg: Dict[str, Any] = {"ncores": int(self.threads_per_worker), "retries": 0}
+        if self.memory_per_worker:
+            cfg["memory"] = round(self.memory_per_worker / 1024**3, 3)
+        if scratch_directory:
+            cfg["scratch_directory"] = scratch_directory
+        return cfg
+
+
+def specifications_from_input(input_model: Any, driver: Any) -> Dict[str, Dict[str, Any]]:
+    """mc → {"program", "specification"} exactly as ``qcmanybody.v2.ManyBodyComputer.from_manybodyinput``
+    builds them (the atomic driver is replaced by the many-body driver)."""
+    specifications: Dict[str, Dict[str, Any]] = {}
+    for mtd, spec in input_model.specification.specification.items():
+        spec = spec.model_dump()
+        specifications[mtd] = {"program": spec.pop("program"), "specification": spec}
+        specifications[mtd]["specification"]["driver"] = driver
+        specifications[mtd]["specification"].pop("schema_name", None)
+    return specifications
+
+
+def build_fragment_molecule(parent: Any, real: Tuple[int, ...], basis: Tuple[int, ...], embedding_charges=None):
+    """The fragment molecule, made exactly as ``ManyBodyCore.iterate_molecules`` makes it."""
+    ghost_atoms = list(set(basis) - set(real))
+    real_0 = [x - 1 for x in real]
+    ghost_0 = [x - 1 for x in ghost_atoms]
+    mol = parent.get_fragment(real_0, ghost_0, orient=False, group_fragments=False)
+    updates: Dict[str, Any] = {"fix_com": True, "fix_orientation": True}
+    if parent.fix_symmetry == "c1":
+        updates["fix_symmetry"] = "c1"
+    mol = mol.model_copy(update=updates)
+    if embedding_charges:
+        nfragments = len(parent.fragments)
+        embedding_frags = list(set(range(1, nfragments + 1)) - set(basis))
+        charges = []
+        for ifr in embedding_frags:
+            positions = parent.get_fragment(ifr - 1).geometry.tolist()
+            charges.extend([[chg, i] for i, chg in zip(positions, embedding_charges[ifr])])
+        mol.extras["embedding_charges"] = charges
+    return mol
+
+
+def build_atomic_input(spec: RunSpec, label: str):
+    """``(program, AtomicInput)`` for one fragment, as qcmanybody builds it."""
+    from qcelemental.models.v2 import AtomicInput
+
+    mc, real, basis = delabeler(label)
+    mol = build_fragment_molecule(spec.molecule, tuple(real), tuple(basis), spec.embedding_charges)
+    chem = spec.specifications[mc]
+    inp = AtomicInput(molecule=mol, specification=copy.deepcopy(chem["specification"]))
+    if mol.extras.get("embedding_charges"):
+        if chem["program"] == "psi4":
+            fkw = inp.specification.keywords.get("function_kwargs", {})
+            fkw.update({"external_potentials": mol.extras["embedding_charges"]})
+            inp.specification.keywords["function_kwargs"] = fkw
+        else:
+            raise ValueError(f"Don't know how to handle external charges in {chem['program']}")
+    return chem["program"], inp
+
+
+def input_fingerprint(input_model: Any) -> str:
+    """SHA-256 of everything in a v2 ``ManyBodyInput`` that changes the numbers: molecule,
+    driver, many-body keywords, and each model chemistry's program, method, basis and keywords.
+    Identifiers, provenance and extras are left out."""
+    dump = input_model.model_dump(mode="json")
+    spec = dump["specification"]
+    relevant = {
+        "molecule": dump["molecule"],
+        "driver": spec["driver"],
+        "keywords": spec["keywords"],
+        "specification": spec["specification"],
+        "protocols": spec.get("protocols"),
+    }
+    for key in ("provenance", "id", "extras"):
+        relevant["molecule"].pop(key, None)
+    text = json.dumps(relevant, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass
+class Plan:
+    """A planned run: QCManyBody's own computer and core (planning and assembly stay theirs), the
+    tasks in plan order, and what identifies the input."""
+
+    upstream: Any  #: ``qcmanybody.v2.ManyBodyComputer`` built with ``build_tasks=False``
+    core: ManyBodyCore
+    tasks: List[FragmentTask]
+    specifications: Dict[str, Dict[str, Any]]
+    fingerprint: str
+    keep_atomic_results: bool
+
+    @property
+    def programs(self) -> List[str]:
+        return sorted({chem["program"] for chem in self.specifications.values()})
+
+
+def make_plan(input_model: Any) -> Plan:
+    """Plan with QCManyBody itself: ``ManyBodyComputer.from_manybodyinput(build_tasks=False)``."""
+    from qcmanybody.v2 import ManyBodyComputer
+
+    upstream = ManyBodyComputer.from_manybodyinput(input_model, build_tasks=False)
+    specs = specifications_from_input(upstream.input_data, upstream.driver)
+    protocol = upstream.input_data.specification.protocols.cluster_results
+    return Plan(
+        upstream=upstream,
+        core=upstream.qcmb_core,
+        tasks=build_tasks(upstream.qcmb_core),
+        specifications=specs,
+        fingerprint=input_fingerprint(upstream.input_data),
+        keep_atomic_results=getattr(protocol, "value", protocol) == "all",
+    )

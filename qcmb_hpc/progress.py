@@ -1,0 +1,231 @@
+"""Progress: the reporter interface, its console and file reporters, and the one tracker that
+turns fragment completions into level events for every mode.
+
+Levels are n-body levels (the number of real fragments). They do not run one after another: every
+fragment is independent, so all levels start together and a level is "completed" when its last
+fragment is.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from typing import IO, Any, Dict, Iterable, List, Optional, Sequence
+
+__all__ = [
+    "ProgressReporter",
+    "ConsoleProgressReporter",
+    "FileProgressReporter",
+    "MultiProgressReporter",
+    "ProgressTracker",
+]
+
+
+class ProgressReporter:
+    """Receives progress events. Subclass and override what you need; every method is optional."""
+
+    def on_level_started(self, level: int, fragment_count: int) -> None:
+        """``fragment_count`` fragments of n-body ``level`` are planned (all levels start together)."""
+
+    def on_fragment_completed(self, fragment_label: str, success: bool) -> None:
+        """One fragment finished for good (``success=False``: it failed after its last attempt)."""
+
+    def on_level_completed(self, level: int, duration: float) -> None:
+        """The last fragment of ``level`` finished, ``duration`` seconds after the run started."""
+
+    def on_calculation_completed(self, total_duration: float) -> None:
+        """Every fragment has finished (or failed for good)."""
+
+    def on_fragments_restored(self, count: int) -> None:
+        """``count`` fragments were taken from a checkpoint instead of being computed."""
+
+    def on_fragment_retried(self, fragment_label: str, attempt: int, error: str) -> None:
+        """An attempt failed and the fragment will be tried again."""
+
+
+class MultiProgressReporter(ProgressReporter):
+    """Forwards every event to several reporters."""
+
+    def __init__(self, reporters: Iterable[ProgressReporter]):
+        self.reporters = [r for r in reporters if r is not None]
+
+    def _all(self, name: str, *args: Any) -> None:
+        for r in self.reporters:
+            getattr(r, name)(*args)
+
+    def on_level_started(self, level, fragment_count):
+        self._all("on_level_started", level, fragment_count)
+
+    def on_fragment_completed(self, fragment_label, success):
+        self._all("on_fragment_completed", fragment_label, success)
+
+    def on_level_completed(self, level, duration):
+        self._all("on_level_completed", level, duration)
+
+    def on_calculation_completed(self, total_duration):
+        self._all("on_calculation_completed", total_duration)
+
+    def on_fragments_restored(self, count):
+        self._all("on_fragments_restored", count)
+
+    def on_fragment_retried(self, fragment_label, attempt, error):
+        self._all("on_fragment_retried", fragment_label, attempt, error)
+
+
+class ConsoleProgressReporter(ProgressReporter):
+    """A progress bar on a terminal (tqdm); plain periodic lines when the stream is not a terminal
+    (a Slurm output file, a pipe)."""
+
+    def __init__(self, show_progress_bar: bool = True, stream: Optional[IO[str]] = None, interval: float = 10.0):
+        self.stream = stream or sys.stderr
+        self.interval = interval
+        is_tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.use_bar = bool(show_progress_bar and is_tty)
+        self.total = 0
+        self.done = 0
+        self.failed = 0
+        self.t0 = time.perf_counter()
+        self._last_line = 0.0
+        self._last_fraction = 0.0
+        self._bar: Any = None
+        self._lock = threading.Lock()
+
+    def _ensure_bar(self) -> None:
+        if self.use_bar and self._bar is None and self.total:
+            from tqdm import tqdm
+
+            tqdm.monitor_interval = 0  # no monitor thread (workers are forked)
+            self._bar = tqdm(total=self.total, initial=self.done, file=self.stream, unit="frag", dynamic_ncols=True)
+
+    def _line(self, text: str) -> None:
+        if self._bar is not None:
+            self._bar.write(text, file=self.stream)
+        else:
+            print(text, file=self.stream, flush=True)
+
+    def on_level_started(self, level, fragment_count):
+        self.total += fragment_count
+
+    def on_fragments_restored(self, count):
+        self.done += count
+        if count:
+            self._line(f"qcmb_hpc: {count} fragments restored from the checkpoint")
+
+    def on_fragment_completed(self, fragment_label, success):
+        with self._lock:
+            self.done += 1
+            if not success:
+                self.failed += 1
+                self._line(f"qcmb_hpc: fragment {fragment_label} failed")
+            if self.use_bar:
+                self._ensure_bar()
+                self._bar.update(1)
+                return
+            now = time.perf_counter()
+            frac = self.done / self.total if self.total else 1.0
+            if now - self._last_line >= self.interval or frac - self._last_fraction >= 0.1 or self.done == self.total:
+                self._last_line, self._last_fraction = now, frac
+                elapsed = now - self.t0
+                rate = self.done / elapsed if elapsed > 0 else 0.0
+                self._line(
+                    f"qcmb_hpc: {self.done}/{self.total} fragments ({100 * frac:.0f}%), "
+                    f"{elapsed:.1f} s elapsed, {rate:.1f}/s" + (f", {self.failed} failed" if self.failed else "")
+                )
+
+    def on_fragment_retried(self, fragment_label, attempt, error):
+        self._line(f"qcmb_hpc: fragment {fragment_label} attempt {attempt} failed ({error}); retrying")
+
+    def on_level_completed(self, level, duration):
+        self._line(f"qcmb_hpc: {level}-body level complete at {duration:.2f} s")
+
+    def on_calculation_completed(self, total_duration):
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        self._line(f"qcmb_hpc: all {self.total} fragments done in {total_duration:.2f} s")
+
+
+class FileProgressReporter(ProgressReporter):
+    """Appends one JSON object per event to ``path`` (``{"event": ..., "time": ..., ...}``)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._fh = open(path, "a", buffering=1)
+
+    def _write(self, event: str, **fields: Any) -> None:
+        self._fh.write(json.dumps({"event": event, "time": time.time(), **fields}) + "\n")
+
+    def on_level_started(self, level, fragment_count):
+        self._write("level_started", level=level, fragment_count=fragment_count)
+
+    def on_fragment_completed(self, fragment_label, success):
+        self._write("fragment_completed", fragment_label=fragment_label, success=success)
+
+    def on_level_completed(self, level, duration):
+        self._write("level_completed", level=level, duration=duration)
+
+    def on_calculation_completed(self, total_duration):
+        self._write("calculation_completed", total_duration=total_duration)
+        self._fh.flush()
+
+    def on_fragments_restored(self, count):
+        self._write("fragments_restored", count=count)
+
+    def on_fragment_retried(self, fragment_label, attempt, error):
+        self._write("fragment_retried", fragment_label=fragment_label, attempt=attempt, error=error)
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __del__(self):
+        try:
+            self._fh.close()
+        except Exception:
+            pass
+
+
+class ProgressTracker:
+    """Mechanism shared by every mode: per-level counts → reporter events."""
+
+    def __init__(self, reporter: Optional[ProgressReporter], levels: Sequence[int], clock=time.perf_counter):
+        self.reporter = reporter
+        self.clock = clock
+        self.t0 = clock()
+        self.remaining: Dict[int, int] = {}
+        self.total: Dict[int, int] = {}
+        for lvl in levels:
+            self.total[lvl] = self.total.get(lvl, 0) + 1
+        self.remaining = dict(self.total)
+
+    def start(self, restored_levels: Sequence[int] = ()) -> None:
+        self.t0 = self.clock()
+        if self.reporter is None:
+            return
+        for lvl in sorted(self.total):
+            self.reporter.on_level_started(lvl, self.total[lvl])
+        if restored_levels:
+            self.reporter.on_fragments_restored(len(restored_levels))
+        for lvl in restored_levels:
+            self._count(lvl)
+
+    def _count(self, level: int) -> None:
+        self.remaining[level] -= 1
+        if self.remaining[level] == 0 and self.reporter is not None:
+            self.reporter.on_level_completed(level, self.clock() - self.t0)
+
+    def completed(self, label: str, level: int, success: bool) -> None:
+        if self.reporter is not None:
+            self.reporter.on_fragment_completed(label, success)
+        self._count(level)
+
+    def retried(self, label: str, attempt: int, error: str) -> None:
+        if self.reporter is not None:
+            self.reporter.on_fragment_retried(label, attempt, error)
+
+    def finish(self) -> float:
+        total = self.clock() - self.t0
+        if self.reporter is not None:
+            self.reporter.on_calculation_completed(total)
+        return total

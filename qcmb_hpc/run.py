@@ -1,0 +1,469 @@
+"""Running a planned many-body expansion: pick the mode, lay out the resources, open the journal,
+start the transport, drive the one coordinator, handle signals and the sequential fallback.
+
+(The design's layout puts this inside ``computer.py``; it lives here so that the computer stays the
+thin plan → run → assemble that QCManyBody's own computer is, and so that the MPI phases — what
+every rank does, and in which order — are read in one place.)
+
+MPI phases (every rank calls ``compute()``):
+
+1. all ranks: check the world matches the launcher; split a shared-memory communicator to count
+   the ranks on each node (memory and cores are shared among them);
+2. rank 0 plans; :func:`~qcmb_hpc.transport.mpi.quiet_bcast` sends ``("SETUP", spec, n_workers)``
+   — or ``("ERROR", exc)`` for a bad input, which every rank then raises;
+3. ranks 1..n work (spare ranks skip), rank 0 coordinates;
+4. rank 0 assembles and broadcasts ``("RESULT", result)`` or ``("ERROR", exc)``.
+
+An unexpected exception on any rank prints the rank and the error and calls ``MPI_Abort``: the job
+ends in seconds instead of hanging, and the journal holds everything finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
+
+from .checkpoint import Journal, JournalError, decode_properties
+from .config import ParallelConfig, ParallelMode
+from .coordinator import Coordinator, RunOutcome, WorkerLostError
+from .cost import CostModel
+from .errors import InputDataError, ParallelExecutionError, QCMBError
+from .plan import Plan, RunSpec
+from .progress import ConsoleProgressReporter, MultiProgressReporter, ProgressReporter, ProgressTracker
+from .resources import Layout, ResourceError, detect_node, plan_layout
+from .worker import import_modules, scratch_root
+
+logger = logging.getLogger("qcmb_hpc")
+
+__all__ = ["resolve_mode", "RunInfo", "run_local", "run_mpi", "STOP_SIGNALS"]
+
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGUSR1")
+
+
+@dataclass
+class RunInfo:
+    mode: str
+    workers: int
+    layout: Optional[Layout]
+    wall: float
+    fell_back: Optional[str] = None  #: why the run continued sequentially, if it did
+
+
+# ------------------------------------------------------------------------------------------------
+# choosing the mode
+# ------------------------------------------------------------------------------------------------
+
+
+def resolve_mode(config: ParallelConfig, environ: Optional[Dict[str, str]] = None) -> ParallelMode:
+    """ADAPTIVE → MPI when launched with more than one rank, else MULTIPROCESSING when more than one
+    usable core, else SEQUENTIAL. Other modes are taken as given."""
+    from .transport.mpi import under_launcher
+
+    if config.mode != ParallelMode.ADAPTIVE:
+        return config.mode
+    if under_launcher(environ):
+        choice = ParallelMode.MPI
+    elif detect_node(environ).cores > 1:
+        choice = ParallelMode.MULTIPROCESSING
+    else:
+        choice = ParallelMode.SEQUENTIAL
+    logger.info("adaptive mode: running %s", choice.value)
+    return choice
+
+
+# ------------------------------------------------------------------------------------------------
+# pieces every mode uses
+# ------------------------------------------------------------------------------------------------
+
+
+def check_programs(plan: Plan) -> None:
+    """Every program must be known to qcengine and installed: a one-line error otherwise."""
+    import qcengine
+
+    for mc, chem in plan.specifications.items():
+        prog = chem["program"]
+        try:
+            qcengine.get_program(prog)
+        except Exception as exc:
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InputDataError(f"program {prog!r} (model chemistry {mc!r}) is not available: {msg}") from None
+
+
+def make_reporter(config: ParallelConfig, user: Optional[ProgressReporter]) -> Optional[ProgressReporter]:
+    reporters: List[ProgressReporter] = []
+    if config.progress_reporting:
+        reporters.append(ConsoleProgressReporter())
+    if user is not None:
+        reporters.append(user)
+    if not reporters:
+        return None
+    return reporters[0] if len(reporters) == 1 else MultiProgressReporter(reporters)
+
+
+def open_journal(config: ParallelConfig, plan: Plan, fresh: bool = False) -> Tuple[Optional[Journal], Dict[int, Dict[str, Any]], Dict[int, Any]]:
+    """The journal (None without ``config.checkpoint``) and what it restores: task id → properties,
+    and task id → AtomicResult (only when the input keeps cluster results)."""
+    if not config.checkpoint:
+        return None, {}, {}
+    try:
+        journal = Journal.open(config.checkpoint, plan.fingerprint, fresh=fresh, fragments=len(plan.tasks))
+    except JournalError as exc:
+        raise InputDataError(str(exc)) from None
+    except OSError as exc:
+        raise InputDataError(f"checkpoint {config.checkpoint}: {exc.strerror or exc}") from None
+    by_label = {t.label: t.id for t in plan.tasks}
+    restored: Dict[int, Dict[str, Any]] = {}
+    atomic: Dict[int, Any] = {}
+    for label, rec in journal.restored.items():
+        tid = by_label.get(label)
+        if tid is None:
+            continue
+        restored[tid] = decode_properties(rec["properties"])
+        if plan.keep_atomic_results and rec.get("atomic_result") is not None:
+            from qcelemental.models.v2 import AtomicResult
+
+            atomic[tid] = AtomicResult(**rec["atomic_result"])
+    if journal.torn:
+        logger.warning("checkpoint %s ended in a torn record (killed mid-write): that fragment is recomputed", journal.path)
+    if restored:
+        logger.info("checkpoint %s: %d of %d fragments already done", journal.path, len(restored), len(plan.tasks))
+    return journal, restored, atomic
+
+
+def make_spec(plan: Plan, config: ParallelConfig, layout: Layout) -> RunSpec:
+    return RunSpec(
+        molecule=plan.core.molecule,
+        specifications=plan.specifications,
+        embedding_charges=plan.core.embedding_charges or None,
+        keep_atomic_results=plan.keep_atomic_results,
+        imports=list(config.imports),
+        threads_per_worker=layout.threads_per_worker,
+        memory_per_worker=layout.memory_per_worker,
+        scratch_root=scratch_root(config.scratch_directory),
+        keep_scratch=config.keep_scratch,
+        timeout=config.timeout_per_fragment,
+        isolate=config.isolate_fragments,
+        log_level=config.log_level,
+    )
+
+
+def estimate_costs(plan: Plan, config: ParallelConfig) -> CostModel:
+    try:
+        model = CostModel(plan.core.molecule, plan.specifications, history=config.cost_history)
+    except ValueError as exc:
+        raise InputDataError(str(exc)) from None
+    model.estimate_tasks(plan.tasks)
+    return model
+
+
+class StopSignals:
+    """While active (main thread only): SIGINT, SIGTERM and SIGUSR1 ask the coordinator to stop
+    (no new work, running fragments get the grace period); a second signal cuts them at once."""
+
+    def __init__(self, coordinator: Coordinator):
+        self.coordinator = coordinator
+        self.previous: Dict[int, Any] = {}
+        self.received: Optional[str] = None
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if self.received is None:
+            self.received = name
+            self.coordinator.request_stop(name)
+        else:
+            self.coordinator.grace_period = 0.0
+            if self.coordinator.stop_deadline is not None:
+                self.coordinator.stop_deadline = 0.0
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for name in STOP_SIGNALS:
+                sig = getattr(signal, name)
+                self.previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, prev in self.previous.items():
+            signal.signal(sig, prev)
+
+
+def _local_layout(config: ParallelConfig, mode: ParallelMode, n_tasks: int) -> Layout:
+    node = detect_node()
+    try:
+        if mode == ParallelMode.SEQUENTIAL:
+            layout = plan_layout(
+                node, max_workers=1, threads_per_worker=config.threads_per_worker or node.cores,
+                memory_per_worker=config.memory_per_worker_bytes,
+            )
+        else:
+            layout = plan_layout(
+                node,
+                max_workers=config.max_workers,
+                threads_per_worker=config.threads_per_worker,
+                memory_per_worker=config.memory_per_worker_bytes,
+            )
+    except ResourceError as exc:
+        raise InputDataError(str(exc)) from None
+    for w in layout.warnings:
+        logger.warning("%s", w)
+    if layout.workers > max(1, n_tasks):
+        layout.workers = max(1, n_tasks)
+    layout.scratch = scratch_root(config.scratch_directory)
+    return layout
+
+
+def _warm_qcengine() -> None:
+    """Import qcengine and run its node detection once, in the parent, before workers fork."""
+    import qcengine
+
+    qcengine.config.get_global()
+
+
+# ------------------------------------------------------------------------------------------------
+# one node: sequential and multiprocessing
+# ------------------------------------------------------------------------------------------------
+
+
+def run_local(
+    plan: Plan,
+    config: ParallelConfig,
+    mode: ParallelMode,
+    reporter: Optional[ProgressReporter],
+    fresh: bool = False,
+) -> Tuple[RunOutcome, Dict[int, Any], RunInfo]:
+    """Run on this node. Returns the outcome, restored AtomicResults, and run info."""
+    from .transport.inprocess import InProcessTransport
+    from .transport.processes import ProcessTransport, TransportStartError
+
+    t0 = time.perf_counter()
+    import_modules(config.imports)
+    check_programs(plan)
+    cost = estimate_costs(plan, config)
+    journal, restored, atomic = open_journal(config, plan, fresh=fresh)
+    todo = len(plan.tasks) - len(restored)
+    layout = _local_layout(config, mode, todo)
+    spec = make_spec(plan, config, layout)
+    tracker = ProgressTracker(reporter, [t.nbody for t in plan.tasks])
+    logger.info("qcmb_hpc: %s, %s", mode.value, layout.describe())
+    _warm_qcengine()
+    fell_back = None
+    endpoint: Any = None
+    try:
+        if mode == ParallelMode.SEQUENTIAL or todo == 0:
+            endpoint = InProcessTransport()
+        else:
+            try:
+                endpoint = ProcessTransport(layout.workers)
+            except TransportStartError as exc:
+                if not config.fallback_to_sequential:
+                    raise ParallelExecutionError(str(exc)) from None
+                fell_back = str(exc)
+                logger.warning("%s; continuing sequentially (fallback_to_sequential)", exc)
+                endpoint = InProcessTransport()
+        coord = _coordinator(plan, config, endpoint, spec, journal, restored, tracker, cost)
+        try:
+            with StopSignals(coord):
+                outcome = coord.run()
+        except WorkerLostError as exc:
+            if not config.fallback_to_sequential or isinstance(endpoint, InProcessTransport):
+                raise ParallelExecutionError(f"the parallel run broke: {exc}") from None
+            fell_back = str(exc)
+            logger.warning("the parallel run broke (%s); continuing sequentially (fallback_to_sequential)", exc)
+            with contextlib.suppress(Exception):
+                endpoint.close()
+            done = dict(coord.out.properties)
+            endpoint = InProcessTransport()
+            coord2 = _coordinator(plan, config, endpoint, spec, journal, done, None, cost)
+            coord2.out.atomic_results.update(coord.out.atomic_results)
+            with StopSignals(coord2):
+                outcome = coord2.run()
+            outcome.restored = coord.out.restored
+            outcome.timings = coord.out.timings + outcome.timings
+            if tracker is not None:
+                tracker.finish()
+        if config.cost_history:
+            with contextlib.suppress(OSError):
+                cost.save(config.cost_history)
+    finally:
+        if endpoint is not None:
+            endpoint.close()
+        if journal is not None:
+            journal.close()
+    info = RunInfo(
+        mode="sequential" if isinstance(endpoint, InProcessTransport) else mode.value,
+        workers=len(endpoint.workers),
+        layout=layout,
+        wall=time.perf_counter() - t0,
+        fell_back=fell_back,
+    )
+    return outcome, atomic, info
+
+
+def _coordinator(plan, config, endpoint, spec, journal, restored, tracker, cost) -> Coordinator:
+    return Coordinator(
+        plan.tasks,
+        endpoint,
+        spec,
+        strategy=config.load_balancing,
+        work_stealing=config.work_stealing,
+        prefetch=config.prefetch,
+        retry_failed=config.retry_failed_fragments,
+        max_retries=config.max_retries,
+        journal=journal,
+        restored=restored,
+        tracker=tracker,
+        cost_model=cost,
+        grace_period=config.grace_period,
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# MPI
+# ------------------------------------------------------------------------------------------------
+
+
+def _abort(comm: Any, where: str, exc: BaseException) -> None:  # pragma: no cover - ends the process
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    sys.stderr.write(f"qcmb_hpc: rank {comm.Get_rank()} ({where}) failed; aborting the MPI job:\n{text}\n")
+    sys.stderr.flush()
+    comm.Abort(1)
+
+
+def _node_ranks(comm: Any) -> Tuple[int, bool]:
+    """(ranks on this node, whether rank 0 is one of them) — collective over COMM_WORLD."""
+    from mpi4py import MPI
+
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        n = node.Get_size()
+        has_root = bool(node.allreduce(1 if comm.Get_rank() == 0 else 0))
+    finally:
+        node.Free()
+    return n, has_root
+
+
+def run_mpi(computer: Any, config: ParallelConfig, reporter: Optional[ProgressReporter], fresh: bool, broadcast_result: bool) -> Any:
+    """Every rank calls this; rank 0 returns the result (other ranks too if ``broadcast_result``)."""
+    from .transport.mpi import MpiCoordinatorEndpoint, MpiWorkerEndpoint, check_world, quiet_bcast, world
+
+    try:
+        comm = world()
+    except ImportError as exc:
+        if not config.fallback_to_sequential:
+            raise ParallelExecutionError(f"MPI mode needs mpi4py: {exc}") from None
+        logger.warning("MPI mode needs mpi4py (%s); continuing sequentially (fallback_to_sequential)", exc)
+        return computer._compute_local(ParallelMode.SEQUENTIAL, fresh)
+    check_world(comm)
+    rank, size = comm.Get_rank(), comm.Get_size()
+    if size == 1:
+        logger.info("MPI world of one rank: running sequentially")
+        return computer._compute_local(ParallelMode.SEQUENTIAL, fresh)
+    ranks_here, root_here = _node_ranks(comm)
+    n_workers = min(size - 1, config.max_workers or size - 1)
+    if rank != 0:
+        return _mpi_worker(comm, config, ranks_here - (1 if root_here else 0), n_workers, broadcast_result)
+
+    t0 = time.perf_counter()
+    try:
+        plan = computer._plan()
+        import_modules(config.imports)
+        check_programs(plan)
+        cost = estimate_costs(plan, config)
+        journal, restored, atomic = open_journal(config, plan, fresh=fresh)
+        layout = _mpi_layout(config, max(1, ranks_here - 1))
+        spec = make_spec(plan, config, layout)
+        spec.threads_per_worker = config.threads_per_worker or 0  # 0: each rank decides from its node
+        spec.memory_per_worker = config.memory_per_worker_bytes
+    except QCMBError as exc:
+        quiet_bcast(comm, ("ERROR", exc))
+        raise
+    except BaseException as exc:
+        _abort(comm, "planning", exc)
+        raise
+    quiet_bcast(comm, ("SETUP", spec, n_workers))
+    logger.info(
+        "qcmb_hpc: mpi, %d worker ranks of %d (%d on this node), %s", n_workers, size, max(0, ranks_here - 1), layout.describe()
+    )
+    try:
+        endpoint = MpiCoordinatorEndpoint(comm, n_workers)
+        tracker = ProgressTracker(reporter, [t.nbody for t in plan.tasks])
+        coord = _coordinator(plan, config, endpoint, spec, journal, restored, tracker, cost)
+        with StopSignals(coord):
+            outcome = coord.run()
+        endpoint.close()
+        if journal is not None:
+            journal.close()
+        if config.cost_history:
+            with contextlib.suppress(OSError):
+                cost.save(config.cost_history)
+        info = RunInfo(mode="mpi", workers=n_workers, layout=layout, wall=time.perf_counter() - t0)
+        try:
+            result = computer._assemble(plan, outcome, atomic, info)
+        except QCMBError as exc:
+            quiet_bcast(comm, ("ERROR", exc))
+            raise
+    except QCMBError:
+        raise
+    except BaseException as exc:
+        _abort(comm, "coordinator", exc)
+        raise
+    quiet_bcast(comm, ("RESULT", result if broadcast_result else None))
+    return result
+
+
+def _mpi_layout(config: ParallelConfig, workers_here: int) -> Layout:
+    node = detect_node()
+    try:
+        layout = plan_layout(
+            node,
+            threads_per_worker=config.threads_per_worker,
+            memory_per_worker=config.memory_per_worker_bytes,
+            ranks_on_node=max(1, workers_here),
+        )
+    except ResourceError as exc:
+        raise InputDataError(str(exc)) from None
+    layout.scratch = scratch_root(config.scratch_directory)
+    return layout
+
+
+def _mpi_worker(comm: Any, config: ParallelConfig, workers_here: int, n_workers: int, broadcast_result: bool) -> Any:
+    from .transport.mpi import MpiWorkerEndpoint, quiet_bcast
+    from .worker import Worker
+
+    rank = comm.Get_rank()
+    # the coordinator decides when to stop; the launcher forwards these signals to every rank
+    for name in STOP_SIGNALS:
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
+    kind, *rest = quiet_bcast(comm)
+    if kind == "ERROR":
+        raise rest[0]
+    spec, _ = rest
+    try:
+        if rank - 1 < n_workers:
+            # each rank fits itself to its own node: threads and memory are shared by the ranks there
+            layout = _mpi_layout(config, workers_here)
+            if not spec.threads_per_worker:
+                spec.threads_per_worker = layout.threads_per_worker
+            if not spec.memory_per_worker:
+                spec.memory_per_worker = layout.memory_per_worker
+            _warm_qcengine()
+            endpoint = MpiWorkerEndpoint(comm)
+            worker = Worker(endpoint)
+            worker._setup(spec, rank - 1)
+            worker.run()
+            endpoint.flush()
+    except BaseException as exc:
+        _abort(comm, f"worker {rank - 1}", exc)
+        raise
+    kind, payload = quiet_bcast(comm)
+    if kind == "ERROR":
+        raise payload
+    return payload

@@ -1,0 +1,370 @@
+"""Scheduling policy: which task goes to which worker, and which tasks an idle worker steals.
+
+Pure: no I/O, no clocks, no MPI. The coordinator tells a :class:`Scheduler` what happened (a worker
+joined, a task finished or failed, a steal was answered) and asks it what to send. Every mode uses
+it; so does the simulation (:mod:`qcmb_hpc.simulate`), which is how behaviour at thousands of workers
+is predicted.
+
+Strategies (``LoadBalanceStrategy``):
+
+* ``STATIC`` — a largest-processing-time-first (LPT) partition is computed up front: each task goes
+  to the worker with the least estimated work so far; each worker runs its share largest first.
+* ``DYNAMIC`` — one queue, largest estimate first; a worker is topped up whenever it has fewer than
+  ``1 + prefetch`` tasks outstanding, so it never waits on a round trip.
+* ``WORK_STEALING`` — static placement, with stealing.
+* ``ADAPTIVE`` — :func:`choose_strategy` picks one per run.
+
+Stealing (``work_stealing=True``, or ``WORK_STEALING``): when a worker has nothing left to receive,
+the scheduler picks the worker with the most *unstarted* estimated work (the victim) and takes about
+half of it, from the victim's tail (its smallest tasks; the owner works from the head). Work the
+coordinator has not sent yet moves at once. Work already sent to the victim is only *requested*:
+the victim gives back the tasks it has not started (RETURNED) and keeps the rest, so no task ever
+runs twice. One request per victim is in flight at a time.
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+import math
+from typing import Deque, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
+
+from .config import LoadBalanceStrategy
+
+__all__ = [
+    "largest_first",
+    "lpt_partition",
+    "choose_strategy",
+    "auto_prefetch",
+    "steal_split",
+    "makespan_lower_bound",
+    "Scheduler",
+]
+
+
+# ------------------------------------------------------------------------------------------------
+# pure functions
+# ------------------------------------------------------------------------------------------------
+
+
+def largest_first(costs: Mapping[int, float], ids: Optional[Iterable[int]] = None) -> List[int]:
+    """Task ids by decreasing estimated cost (ties: plan order)."""
+    ids = list(costs) if ids is None else list(ids)
+    return sorted(ids, key=lambda i: (-costs[i], i))
+
+
+def lpt_partition(costs: Mapping[int, float], workers: Sequence[int]) -> Dict[int, List[int]]:
+    """Largest-processing-time-first partition: each task (largest first) to the least-loaded
+    worker. Within a worker, tasks stay largest first. Guarantee: makespan ≤ (4/3 − 1/3m)·OPT."""
+    parts: Dict[int, List[int]] = {w: [] for w in workers}
+    if not workers:
+        return parts
+    heap = [(0.0, k, w) for k, w in enumerate(workers)]
+    heapq.heapify(heap)
+    for tid in largest_first(costs):
+        load, k, w = heapq.heappop(heap)
+        parts[w].append(tid)
+        heapq.heappush(heap, (load + costs[tid], k, w))
+    return parts
+
+
+def choose_strategy(costs: Sequence[float], n_workers: int) -> LoadBalanceStrategy:
+    """The ADAPTIVE rule.
+
+    * fewer than 8 tasks per worker → DYNAMIC (hand out on demand; a static split of few tasks is
+      at the mercy of every estimate);
+    * many tasks (≥ 64 per worker) of similar estimated cost (coefficient of variation < 0.5) →
+      WORK_STEALING (a static LPT split needs almost no messages; stealing mends the estimates);
+    * otherwise → DYNAMIC (skewed costs: largest first, on demand).
+    """
+    n = len(costs)
+    if n_workers <= 1 or n < 8 * n_workers:
+        return LoadBalanceStrategy.DYNAMIC
+    mean = sum(costs) / n
+    var = sum((c - mean) ** 2 for c in costs) / n
+    cv = math.sqrt(var) / mean if mean > 0 else 0.0
+    if n >= 64 * n_workers and cv < 0.5:
+        return LoadBalanceStrategy.WORK_STEALING
+    return LoadBalanceStrategy.DYNAMIC
+
+
+def auto_prefetch(mean_task_seconds: Optional[float], round_trip_seconds: float = 2e-3, cap: int = 64) -> int:
+    """Tasks to keep queued on a worker beyond the running one: enough to cover a coordinator round
+    trip (with margin) — 1 for fragments that take milliseconds or more, up to ``cap`` for tiny ones."""
+    if not mean_task_seconds or mean_task_seconds <= 0:
+        return 1
+    return max(1, min(cap, math.ceil(round_trip_seconds / mean_task_seconds)))
+
+
+def steal_split(costs: Sequence[float]) -> int:
+    """How many tasks to take from the *tail* of a victim's unstarted list ``costs`` (head first):
+    the fewest whose cost reaches half the total, at least one."""
+    total = sum(costs)
+    taken = 0.0
+    k = 0
+    for c in reversed(costs):
+        if k > 0 and taken >= total / 2:
+            break
+        taken += c
+        k += 1
+    return max(1, k) if costs else 0
+
+
+def makespan_lower_bound(seconds: Sequence[float], n_workers: int) -> float:
+    """LB = max(sum / workers, longest)."""
+    if not seconds or n_workers < 1:
+        return 0.0
+    return max(sum(seconds) / n_workers, max(seconds))
+
+
+# ------------------------------------------------------------------------------------------------
+# the scheduler state machine
+# ------------------------------------------------------------------------------------------------
+
+
+class Scheduler:
+    """Placement state for one run. Task ids are ints; ``costs[id]`` is the estimate."""
+
+    def __init__(
+        self,
+        costs: Mapping[int, float],
+        workers: Sequence[int],
+        strategy: LoadBalanceStrategy = LoadBalanceStrategy.DYNAMIC,
+        stealing: bool = True,
+        prefetch: int = 1,
+    ):
+        self.costs: Dict[int, float] = dict(costs)
+        if strategy == LoadBalanceStrategy.ADAPTIVE:
+            strategy = choose_strategy(list(self.costs.values()), len(workers))
+        self.strategy = strategy
+        self.stealing = stealing or strategy == LoadBalanceStrategy.WORK_STEALING
+        self.static = strategy in (LoadBalanceStrategy.STATIC, LoadBalanceStrategy.WORK_STEALING)
+        self.prefetch = max(0, int(prefetch))
+        self.workers: List[int] = []
+        self.sent: Dict[int, Deque[int]] = {}  # at the worker, FIFO; the head is (probably) running
+        self.planned: Dict[int, Deque[int]] = {}  # STATIC: this worker's share, not sent yet
+        self.planned_load: Dict[int, float] = {}
+        self.central: List[Tuple[float, int]] = []  # heap of (-cost, id): DYNAMIC, and requeued work
+        self.retry: Deque[Tuple[int, Set[int]]] = collections.deque()  # (id, workers to avoid)
+        self.stealing_from: Dict[int, Tuple[int, List[int]]] = {}  # victim → (thief, ids requested)
+        self.thieves: Set[int] = set()  # workers waiting for a steal answer
+        self.steals = 0  # steals that moved work
+        self.steal_requests = 0  # STEAL messages planned
+        self._load: Dict[int, float] = {}
+        self._load_heap: List[Tuple[float, int]] = []  # lazy max-heap of (-load, worker)
+        if self.static:
+            for w, part in lpt_partition(self.costs, list(workers)).items():
+                self.planned[w] = collections.deque(part)
+                self.planned_load[w] = sum(self.costs[t] for t in part)
+        else:
+            self.central = [(-c, i) for i, c in self.costs.items()]
+            heapq.heapify(self.central)
+        for w in workers:
+            self.workers.append(w)
+            self.sent[w] = collections.deque()
+            self.planned.setdefault(w, collections.deque())
+            self.planned_load.setdefault(w, 0.0)
+            self._update_load(w)
+
+    # -- bookkeeping ------------------------------------------------------------------------------
+    def _update_load(self, w: int) -> None:
+        """Recompute ``w``'s stealable load: planned work + sent work after the head, minus work
+        already requested by a thief."""
+        sent = self.sent.get(w)
+        if sent is None:
+            return
+        requested = self.stealing_from[w][1] if w in self.stealing_from else ()
+        unstarted = 0.0
+        for k, t in enumerate(sent):
+            if k > 0 and t not in requested:
+                unstarted += self.costs[t]
+        load = self.planned_load.get(w, 0.0) + unstarted
+        if load != self._load.get(w):
+            self._load[w] = load
+            if load > 0:
+                heapq.heappush(self._load_heap, (-load, w))
+            if len(self._load_heap) > 4 * len(self.workers) + 64:
+                self._load_heap = [(-l, v) for v, l in self._load.items() if l > 0]
+                heapq.heapify(self._load_heap)
+
+    @property
+    def pending(self) -> int:
+        """Tasks not yet sent to any worker."""
+        return len(self.central) + len(self.retry) + sum(len(p) for p in self.planned.values())
+
+    def outstanding(self, w: int) -> int:
+        return len(self.sent.get(w, ()))
+
+    def idle(self, w: int) -> bool:
+        return not self.sent.get(w)
+
+    def load(self, w: int) -> float:
+        """Estimated unstarted work on or planned for ``w``."""
+        return self._load.get(w, 0.0)
+
+    # -- giving out work --------------------------------------------------------------------------
+    def assign(self, w: int) -> List[int]:
+        """Tasks to send to ``w`` now, topping it up to ``1 + prefetch`` outstanding."""
+        if w not in self.sent:
+            return []
+        room = 1 + self.prefetch - len(self.sent[w])
+        out: List[int] = []
+        while room > 0:
+            tid = self._next_for(w)
+            if tid is None:
+                break
+            out.append(tid)
+            room -= 1
+        if out:
+            self.sent[w].extend(out)
+            self._update_load(w)
+        return out
+
+    def _next_for(self, w: int) -> Optional[int]:
+        # retries first, on a worker that has not tried them (unless every worker left has)
+        for k, (tid, avoid) in enumerate(self.retry):
+            if w not in avoid or all(v in avoid for v in self.workers):
+                del self.retry[k]
+                return tid
+        plan = self.planned.get(w)
+        if plan:
+            tid = plan.popleft()
+            self.planned_load[w] -= self.costs[tid]
+            return tid
+        if self.central:
+            return heapq.heappop(self.central)[1]
+        return None
+
+    def _victim(self, thief: int) -> Optional[int]:
+        """The worker with the most stealable work, other than the thief and those already
+        answering a steal with nothing unsent left."""
+        aside = []
+        best = None
+        while self._load_heap:
+            neg, v = self._load_heap[0]
+            if v not in self.sent or self._load.get(v) != -neg or neg >= 0:
+                heapq.heappop(self._load_heap)  # stale
+                continue
+            if v == thief or (v in self.stealing_from and not self.planned.get(v)):
+                aside.append(heapq.heappop(self._load_heap))
+                continue
+            best = v
+            break
+        for entry in aside:
+            heapq.heappush(self._load_heap, entry)
+        return best
+
+    def steal(self, thief: int) -> Optional[Tuple[int, List[int]]]:
+        """For an idle ``thief`` with nothing left to receive: either move unsent work to it directly
+        — returns ``(thief, ids)``: send them TASKS — or plan a request to a victim — returns
+        ``(victim, ids)``: send the victim STEAL(ids). ``None`` if nothing is worth taking."""
+        if not self.stealing or thief in self.thieves or thief not in self.sent:
+            return None
+        victim = self._victim(thief)
+        if victim is None:
+            return None
+        plan = self.planned[victim]
+        if plan:  # not sent yet: move it now, no message needed
+            k = steal_split([self.costs[t] for t in plan])
+            ids = [plan.pop() for _ in range(k)][::-1]
+            moved = sum(self.costs[t] for t in ids)
+            self.planned_load[victim] -= moved
+            self.sent[thief].extend(ids)
+            self.steals += 1
+            self._update_load(victim)
+            self._update_load(thief)
+            return thief, ids
+        unstarted = list(self.sent[victim])[1:]
+        if not unstarted:
+            return None
+        k = steal_split([self.costs[t] for t in unstarted])
+        ids = unstarted[-k:]
+        self.stealing_from[victim] = (thief, ids)
+        self.thieves.add(thief)
+        self.steal_requests += 1
+        self._update_load(victim)
+        return victim, ids
+
+    def returned(
+        self, victim: int, given: Sequence[int], refused: Sequence[int] = ()
+    ) -> Tuple[Optional[int], List[int]]:
+        """The victim's answer to a STEAL: ``given`` left its queue (``refused`` had started). Returns
+        ``(thief, ids)`` to send the thief, or ``(None, [])`` if the thief is gone (the ids are requeued)."""
+        thief, _ = self.stealing_from.pop(victim, (None, []))
+        self.thieves.discard(thief)
+        given = list(given)
+        if given and victim in self.sent:
+            gset = set(given)
+            self.sent[victim] = collections.deque(t for t in self.sent[victim] if t not in gset)
+            self.steals += 1
+        self._update_load(victim)
+        if thief is not None and thief in self.sent and given:
+            self.sent[thief].extend(given)
+            self._update_load(thief)
+            return thief, given
+        self.requeue(given)
+        return None, []
+
+    # -- results ----------------------------------------------------------------------------------
+    def _remove_sent(self, w: int, tid: int) -> None:
+        q = self.sent.get(w)
+        if q is None:
+            return
+        if q and q[0] == tid:
+            q.popleft()
+        else:
+            try:
+                q.remove(tid)
+            except ValueError:
+                pass
+        self._update_load(w)
+
+    def completed(self, w: int, tid: int) -> None:
+        self._remove_sent(w, tid)
+
+    def failed(self, w: int, tid: int, retry: bool, avoid: Iterable[int] = ()) -> None:
+        """A failed attempt; ``retry`` puts it back first in line, away from the workers in ``avoid``."""
+        self._remove_sent(w, tid)
+        if retry:
+            self.retry.append((tid, set(avoid) | {w}))
+
+    def requeue(self, ids: Iterable[int]) -> None:
+        """Hand tasks out again (a lost worker's, a steal answer nobody waits for): into the shared
+        queue, which every strategy draws from once a worker's own share is done."""
+        for tid in ids:
+            heapq.heappush(self.central, (-self.costs[tid], tid))
+
+    def cancel_steals(self) -> None:
+        """Forget the thieves of requests in flight: answers will be requeued, not forwarded."""
+        self.stealing_from = {v: (None, ids) for v, (_, ids) in self.stealing_from.items()}  # type: ignore[misc]
+        self.thieves.clear()
+
+    def remove_worker(self, w: int, drop: Iterable[int] = ()) -> List[int]:
+        """``w`` is gone: everything sent to or planned for it is handed out again, except ``drop``.
+        Returns the ids that were at the worker (their outcome is unknown)."""
+        lost = list(self.sent.pop(w, ()))
+        dropped = set(drop)
+        plan = list(self.planned.pop(w, ()))
+        self.planned_load.pop(w, None)
+        if w in self.workers:
+            self.workers.remove(w)
+        self._load.pop(w, None)
+        if w in self.stealing_from:
+            thief, _ = self.stealing_from.pop(w)
+            self.thieves.discard(thief)
+        self.thieves.discard(w)
+        self.requeue(t for t in lost + plan if t not in dropped)
+        return lost
+
+    def reorder(self, costs: Mapping[int, float]) -> None:
+        """New estimates: re-sort what has not been handed out (each queue keeps its own tasks)."""
+        self.costs.update(costs)
+        if self.central:
+            self.central = [(-self.costs[t], t) for _, t in self.central]
+            heapq.heapify(self.central)
+        for w, plan in self.planned.items():
+            if plan:
+                self.planned[w] = collections.deque(largest_first(self.costs, plan))
+                self.planned_load[w] = sum(self.costs[t] for t in plan)
+        for w in self.workers:
+            self._update_load(w)

@@ -1,0 +1,222 @@
+"""The one worker loop, for every mode: receive the RunSpec once, then tasks; run them; reply.
+
+A worker keeps a short FIFO queue of tasks (the coordinator keeps it topped up, so the worker never
+waits on a round trip), runs them one at a time through its runner (:mod:`qcmb_hpc.engine`) and sends
+the outcomes back. It answers STEAL requests with the tasks it has not started, so a task never runs
+twice. Between events it waits on the transport *and* its runner's pipe, so a finished fragment is
+noticed at once and an idle worker does not spin.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import importlib
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import time
+import traceback
+from typing import Any, Deque, List, Optional, Tuple
+
+from . import transport as T
+from .engine import FragmentOutcome, make_runner, set_thread_environment
+from .plan import RunSpec
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Worker", "import_modules", "scratch_root"]
+
+#: results are sent at once unless fragments are this short (then batched for up to FLUSH_AGE)
+FAST_FRAGMENT = 1e-3
+FLUSH_AGE = 2e-3
+FLUSH_COUNT = 256
+
+
+def import_modules(names: List[str]) -> None:
+    """Import the user's modules (e.g. ones that call ``qcengine.register_program``)."""
+    for name in names:
+        importlib.import_module(name)
+
+
+def scratch_root(configured: Optional[str] = None) -> str:
+    """Where per-worker scratch directories go: the configured one, ``$SLURM_TMPDIR``, ``$TMPDIR``,
+    or the system temporary directory."""
+    for candidate in (configured, os.environ.get("SLURM_TMPDIR"), os.environ.get("TMPDIR")):
+        if candidate:
+            return candidate
+    return tempfile.gettempdir()
+
+
+class Worker:
+    """One worker. ``run()`` loops until STOP; ``step()`` does one round (the in-process transport
+    drives it step by step)."""
+
+    def __init__(self, endpoint: Any):
+        self.endpoint = endpoint
+        self.id = -1
+        self.spec: Optional[RunSpec] = None
+        self.runner: Any = None
+        self.queue: Deque[Tuple[int, str]] = collections.deque()
+        self.unsent: List[FragmentOutcome] = []
+        self.unsent_since = 0.0
+        self.last_seconds = 0.0
+        self.stopped = False
+        self.scratch: Optional[str] = None
+        self.host = socket.gethostname()
+        self.busy_seconds = 0.0
+        self.done = 0
+        self.created = time.perf_counter()
+
+    # ------------------------------------------------------------------------------------------
+    def run(self) -> None:
+        """Serve until STOP. An exception here is the worker's own failure: report it, re-raise."""
+        wait = 0.0
+        max_wait = self.endpoint.max_wait
+        try:
+            while not self.stopped:
+                if self.step(wait):
+                    wait = 0.0
+                else:
+                    wait = min(max(wait * 2, 1e-5), max_wait)
+        except BaseException as exc:
+            if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                text = f"worker {self.id} on {self.host} (pid {os.getpid()}) failed: " + "".join(
+                    traceback.format_exception(type(exc), exc, exc.__traceback__)
+                )
+                with contextlib.suppress(Exception):
+                    self.endpoint.send((T.FAILED, text))
+            self._cleanup()
+            raise
+
+    def step(self, wait: float) -> bool:
+        """Handle messages, start/collect a fragment; if nothing happened, wait up to ``wait``.
+        Returns whether anything happened."""
+        progressed = False
+        while True:
+            msg = self.endpoint.poll()
+            if msg is None:
+                break
+            progressed = True
+            self._handle(msg)
+            if self.stopped:
+                return True
+        if self.runner is not None:
+            if self.runner.busy:
+                out = self.runner.poll()
+                if out is not None:
+                    self._finished(out)
+                    progressed = True
+            if not self.runner.busy and self.queue:
+                self._maybe_flush(before_start=True)
+                task_id, label = self.queue.popleft()
+                self.runner.start(task_id, label)
+                progressed = True
+        if not progressed:
+            self._flush()
+            if wait > 0:
+                self.endpoint.wait(wait, self.runner.waitable() if self.runner is not None else ())
+        return progressed
+
+    # ------------------------------------------------------------------------------------------
+    def _handle(self, msg: T.Message) -> None:
+        kind = msg[0]
+        if kind == T.TASKS:
+            self.queue.extend(msg[1])
+        elif kind == T.STEAL:
+            wanted = set(msg[1])
+            given = [tid for tid, _ in self.queue if tid in wanted]
+            if given:
+                gset = set(given)
+                self.queue = collections.deque(t for t in self.queue if t[0] not in gset)
+            refused = sorted(wanted - set(given))
+            self.endpoint.send((T.RETURNED, given, refused))
+        elif kind == T.SETUP:
+            self._setup(msg[1], msg[2])
+        elif kind == T.STOP:
+            self._stop()
+        else:
+            raise RuntimeError(f"worker {self.id}: unknown message {kind!r}")
+
+    def _setup(self, spec: RunSpec, worker_id: int) -> None:
+        self.spec = spec
+        self.id = worker_id
+        logging.getLogger("qcmb_hpc").setLevel(spec.log_level)
+        import_modules(spec.imports)
+        set_thread_environment(spec.threads_per_worker)
+        root = scratch_root(spec.scratch_root)
+        os.makedirs(root, exist_ok=True)
+        self.scratch = tempfile.mkdtemp(prefix=f"qcmb_hpc-{self.host}-{os.getpid()}-w{worker_id}-", dir=root)
+        inherited = getattr(self.endpoint, "inherited", lambda: [])()
+        self.runner = make_runner(spec, spec.task_config(self.scratch), close_in_child=inherited)
+        self.endpoint.send(
+            (
+                T.READY,
+                {
+                    "pid": os.getpid(),
+                    "host": self.host,
+                    "isolated": bool(getattr(self.runner, "isolated", False)),
+                    "scratch": self.scratch,
+                    "threads": spec.threads_per_worker,
+                },
+            )
+        )
+
+    def _finished(self, out: FragmentOutcome) -> None:
+        out.worker = self.id
+        out.host = self.host
+        self.busy_seconds += out.seconds
+        self.last_seconds = out.seconds
+        self.done += 1
+        if not self.unsent:
+            self.unsent_since = time.perf_counter()
+        self.unsent.append(out)
+        if not self.queue or out.seconds > FAST_FRAGMENT:
+            self._flush()
+
+    def _maybe_flush(self, before_start: bool = False) -> None:
+        if not self.unsent:
+            return
+        if (
+            self.last_seconds > FAST_FRAGMENT
+            or len(self.unsent) >= FLUSH_COUNT
+            or time.perf_counter() - self.unsent_since > FLUSH_AGE
+        ):
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.unsent:
+            batch, self.unsent = self.unsent, []
+            self.endpoint.send((T.RESULTS, batch))
+
+    def _stop(self) -> None:
+        if self.runner is not None:
+            self.runner.cancel()  # a cut fragment is simply not finished; the coordinator knows
+        self._flush()
+        restarts = getattr(self.runner, "restarts", 0)
+        self._cleanup()
+        self.endpoint.send(
+            (
+                T.BYE,
+                {
+                    "busy": self.busy_seconds,
+                    "done": self.done,
+                    "restarts": restarts,
+                    "alive": time.perf_counter() - self.created,
+                    "host": self.host,
+                    "pid": os.getpid(),
+                },
+            )
+        )
+        self.stopped = True
+
+    def _cleanup(self) -> None:
+        if self.runner is not None:
+            with contextlib.suppress(Exception):
+                self.runner.close()
+            self.runner = None
+        if self.scratch and not (self.spec is not None and self.spec.keep_scratch):
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            self.scratch = None

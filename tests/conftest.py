@@ -1,0 +1,77 @@
+"""Shared test helpers. Every correctness check compares with ``qcmanybody.v2.ManyBodyComputer``
+run on the same input in the same test."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+
+import numpy as np
+import pytest
+
+import qcmb_hpc.testing.engines  # noqa: F401  (registers qcmb_test, qcmb_sleep, qcmb_fault)
+from qcmb_hpc.testing.inputs import many_body_input, water_cluster
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)  # tests/custom_engine.py for --import tests
+
+has_nwchem = shutil.which("nwchem") is not None
+
+
+def reference(inp):
+    """The sequential QCManyBody result for the same input."""
+    from qcmanybody.v2 import ManyBodyComputer
+
+    return ManyBodyComputer.from_manybodyinput(inp)
+
+
+def assert_same_result(ref, res, atol=1e-10, exact=False):
+    """Every property and return_result equal (to atol, or bit for bit with ``exact``)."""
+    a = ref.properties.model_dump()
+    b = res.properties.model_dump()
+    assert set(a) == set(b)
+    checked = 0
+    for key, va in a.items():
+        vb = b[key]
+        assert (va is None) == (vb is None), f"{key}: {va!r} vs {vb!r}"
+        if va is None or isinstance(va, (str, bool)):
+            assert va == vb, key
+            continue
+        if isinstance(va, dict):
+            assert va.keys() == vb.keys(), key
+            for k in va:
+                _close(va[k], vb[k], atol, exact, f"{key}[{k}]")
+            checked += 1
+            continue
+        _close(va, vb, atol, exact, key)
+        checked += 1
+    assert checked > 0
+    _close(ref.return_result, res.return_result, atol, exact, "return_result")
+    assert ref.stdout == res.stdout
+    assert set(ref.cluster_properties) == set(res.cluster_properties)
+
+
+def _close(x, y, atol, exact, what):
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    assert x.shape == y.shape, f"{what}: shape {x.shape} vs {y.shape}"
+    if exact:
+        assert np.array_equal(x, y), f"{what} differs: max {np.max(np.abs(x - y))}"
+    else:
+        assert np.allclose(x, y, atol=atol, rtol=0), f"{what} differs: max {np.max(np.abs(x - y))}"
+
+
+@pytest.fixture(scope="session")
+def trimer():
+    return water_cluster(3)
+
+
+@pytest.fixture(scope="session")
+def tetramer():
+    return water_cluster(4)
+
+
+def quiet(**kw):
+    """A parallel_config dict without console progress."""
+    return {"progress_reporting": False, **kw}

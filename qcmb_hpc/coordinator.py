@@ -18,6 +18,7 @@ Invariants:
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from dataclasses import dataclass, field
@@ -121,7 +122,9 @@ class Coordinator:
         self.ready: Set[int] = set()
         self.live: Set[int] = set(endpoint.workers)
         self._dirty: Set[int] = set()  # workers whose state changed: see what they need
-        self._idle: Dict[int, None] = {}  # workers that got nothing last time (insertion-ordered)
+        # workers that got nothing last time, oldest first (an OrderedDict: taking the first of a plain
+        # dict after many deletions scans the deleted slots, O(workers) per take)
+        self._idle: Dict[int, None] = collections.OrderedDict()
         self.said_bye: Set[int] = set()
         self.failed_attempts: Dict[int, int] = {}
         self.stop_reason: Optional[str] = None
@@ -180,6 +183,8 @@ class Coordinator:
         if not self.unresolved:
             return True
         if not self.live:
+            if self.stop_reason is not None:
+                return True  # stopping: workers leaving is expected
             raise WorkerLostError("every worker is gone: " + "; ".join(self.out.lost_workers or ["no workers"]))
         return False
 
@@ -197,7 +202,8 @@ class Coordinator:
                     if self._accept(wid, out):
                         if out.ok:
                             finished.append(out)
-                            records.append(self._record(out))
+                            if self.journal is not None:
+                                records.append(self._record(out))
             elif kind == T.READY:
                 self.ready.add(wid)
                 self._dirty.add(wid)
@@ -246,7 +252,9 @@ class Coordinator:
         if out.ok:
             self.scheduler.completed(wid, tid)
             return True
-        if out.error_type == "cancelled":
+        if out.error_type == "cancelled" or self.stop_reason is not None:
+            # cut by a stop (or failed while stopping, e.g. the signal reached the QC program too):
+            # not an attempt that counts; the fragment stays to be done by the resumed run
             self.scheduler.failed(wid, tid, retry=True)
             return False
         task = self.tasks[tid]
@@ -310,8 +318,7 @@ class Coordinator:
             if w in self.ready and not self._serve(w):
                 self._idle[w] = None
         while self._idle:
-            w = next(iter(self._idle))
-            del self._idle[w]
+            w, _ = self._idle.popitem(last=False)  # type: ignore[call-arg]
             if w in self.ready and not self._serve(w):
                 self._idle[w] = None
                 if not self.scheduler.retry:
@@ -386,10 +393,14 @@ class Coordinator:
 
     def _await_byes(self, timeout: float = 30.0) -> None:
         deadline = self.clock() + timeout
-        while self.live - self.said_bye and self.clock() < deadline:
+        waiting = self.live - self.said_bye  # kept up to date per message: O(messages), not O(workers)
+        while waiting and self.clock() < deadline:
             msgs = self.endpoint.recv(0.01)
             if msgs:
                 self._handle_batch(msgs)
+                for wid, _ in msgs:
+                    if wid in self.said_bye or wid not in self.live:
+                        waiting.discard(wid)
 
 
 def _first_line(text: str) -> str:

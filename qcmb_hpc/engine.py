@@ -8,7 +8,9 @@
 * :class:`ChildRunner` runs them in a long-lived child process the worker owns and reuses (warm:
   qcengine is imported once). A segfault, an out-of-memory kill or a hang costs only the child: the
   runner reports a failed outcome, and starts a fresh child for the next fragment. A fragment that
-  passes ``timeout_per_fragment`` has its child killed. The child leaves through ``os._exit``
+  passes ``timeout_per_fragment`` has its child killed — with its whole process group, so a QC
+  program the child started dies too (the child runs in a session of its own, which also keeps
+  terminal and launcher signals away from it: the worker decides when a fragment is cut). The child leaves through ``os._exit``
   (never ``atexit``, which would finalize MPI in a child forked from an MPI rank) and runs engines
   with the MPI launcher's variables removed (an Open MPI program such as NWChem started from an
   MPI rank otherwise dies in ``orte_init``).
@@ -198,8 +200,13 @@ def _child_main(conn: Any, spec: RunSpec, task_config: Dict[str, Any], close: Li
         for c in close:
             with contextlib.suppress(Exception):
                 c.close()
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when a fragment is cut
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        # A session of its own: signals sent to the worker's process group (Ctrl-C, mpiexec forwarding)
+        # do not cut the fragment — the worker decides — and the worker can kill the child together
+        # with everything it started (an NWChem process) as one group.
+        os.setsid()
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, signal.SIG_DFL)
+        _watch_parent(os.getppid())
         for k in [k for k in os.environ if _is_mpi_variable(k)]:
             del os.environ[k]
         set_thread_environment(spec.threads_per_worker)
@@ -218,6 +225,20 @@ def _child_main(conn: Any, spec: RunSpec, task_config: Dict[str, Any], close: Li
             traceback.print_exc()
     finally:
         os._exit(code)
+
+
+def _watch_parent(parent: int, interval: float = 0.2) -> None:  # pragma: no cover - child
+    """If the worker dies (even by SIGKILL), take this child's whole process group down with it, so
+    no orphaned QC program keeps running."""
+    import threading
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent:
+                os.killpg(0, signal.SIGKILL)
+            time.sleep(interval)
+
+    threading.Thread(target=watch, name="qcmb-parent-watch", daemon=True).start()
 
 
 def _describe_exit(exitcode: Optional[int]) -> str:
@@ -261,7 +282,9 @@ class ChildRunner:
         gc.freeze()  # the child does not touch (and so does not copy) the parent's heap in its first gc
         try:
             proc = self._ctx.Process(
-                target=_child_main, args=(child, self.spec, self.task_config, self.close_in_child), daemon=True
+                target=_child_main,
+                args=(child, self.spec, self.task_config, [*self.close_in_child, parent]),
+                daemon=True,
             )
             proc.start()
         finally:
@@ -277,8 +300,11 @@ class ChildRunner:
             self._spawn()
 
     def _reap(self) -> None:
+        """Kill the child and its whole process group (what the QC program started), and wait."""
         with contextlib.suppress(Exception):
             self._conn.close()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._proc.pid, signal.SIGKILL)
         with contextlib.suppress(Exception):
             if self._proc.is_alive():
                 self._proc.kill()

@@ -106,6 +106,8 @@ class ConsoleProgressReporter(ProgressReporter):
             print(text, file=self.stream, flush=True)
 
     def on_level_started(self, level, fragment_count):
+        if self.total == 0:
+            self.t0 = time.perf_counter()
         self.total += fragment_count
 
     def on_fragments_restored(self, count):

@@ -75,7 +75,7 @@ def resolve_mode(config: ParallelConfig, environ: Optional[Dict[str, str]] = Non
         choice = ParallelMode.MULTIPROCESSING
     else:
         choice = ParallelMode.SEQUENTIAL
-    logger.info("adaptive mode: running %s", choice.value)
+    logger.debug("adaptive mode: running %s", choice.value)
     return choice
 
 
@@ -280,6 +280,7 @@ def run_local(
             with contextlib.suppress(Exception):
                 endpoint.close()
             done = dict(coord.out.properties)
+            spec.isolate = True  # whatever took the workers down must not take this process down
             endpoint = InProcessTransport()
             coord2 = _coordinator(plan, config, endpoint, spec, journal, done, None, cost)
             coord2.out.atomic_results.update(coord.out.atomic_results)
@@ -287,6 +288,9 @@ def run_local(
                 outcome = coord2.run()
             outcome.restored = coord.out.restored
             outcome.timings = coord.out.timings + outcome.timings
+            outcome.lost_workers = coord.out.lost_workers + outcome.lost_workers
+            for tid, attempts in coord.out.attempts.items():
+                outcome.attempts[tid] = attempts + outcome.attempts.get(tid, [])
             if tracker is not None:
                 tracker.finish()
         if config.cost_history:

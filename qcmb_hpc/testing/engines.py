@@ -7,7 +7,8 @@
   basis names change the numbers, so multilevel inputs are meaningful.
 * ``qcmb_sleep`` — ``qcmb_test`` that first sleeps for a modelled time (``keywords["sleep"]``:
   ``base · n^exponent · lognormal(noise)``, n = real+ghost atoms, noise seeded by the geometry), a
-  stand-in for expensive QC with an MBE-like skewed cost spread.
+  stand-in for expensive QC with an MBE-like skewed cost spread. With ``keywords["record_dir"]``
+  every execution leaves a file there (``<fragment key>.<pid>.<ns>``), so tests can count runs.
 * ``qcmb_fault`` — ``qcmb_test`` with injected faults: per attempt of a fragment (attempts counted
   with exclusive files in ``keywords["fault_dir"]``, so across processes and ranks), with seeded
   probability ``p``, it raises, returns a failed result, hangs, or kills its own process. Only the
@@ -33,7 +34,7 @@ from qcelemental.models.v2 import AtomicResult, FailedOperation, Provenance
 from qcengine.exceptions import InputError, RandomError, UnknownError
 from qcengine.programs.model import ProgramHarness
 
-__all__ = ["model_energy_gradient", "TestHarness", "SleepHarness", "FaultHarness", "register"]
+__all__ = ["model_energy_gradient", "fragment_key", "TestHarness", "SleepHarness", "FaultHarness", "register"]
 
 _D, _A, _R0 = 0.01, 1.0, 2.0  # Morse pair term (hartree, 1/bohr, bohr)
 _C, _S = 1e-3, 3.0  # ghost (basis-only) attraction
@@ -168,6 +169,11 @@ def _geometry_key(input_model: Any) -> str:
     return h.hexdigest()
 
 
+def fragment_key(input_model: Any) -> str:
+    """The key the sleep and fault engines file a fragment's executions under."""
+    return _geometry_key(input_model)
+
+
 def sleep_seconds(input_model: Any) -> float:
     """The modelled time of one fragment (see module docstring)."""
     kw = dict(input_model.specification.keywords.get("sleep", {}))
@@ -187,6 +193,10 @@ class SleepHarness(TestHarness):
     _defaults = {**TestHarness._defaults, "name": "qcmb_sleep"}
 
     def compute(self, input_model: Any, config: Any) -> AtomicResult:
+        record_dir = input_model.specification.keywords.get("record_dir")
+        if record_dir:  # one file per execution, so tests can count how often a fragment ran
+            name = f"{_geometry_key(input_model)}.{os.getpid()}.{time.time_ns()}"
+            open(os.path.join(record_dir, name), "w").close()
         time.sleep(sleep_seconds(input_model))
         return _compute_model(input_model, config, self.name)
 
@@ -204,33 +214,34 @@ class FaultHarness(TestHarness):
             raise InputError("qcmb_fault needs keywords.fault_dir")
         key = _geometry_key(input_model)
         attempt = 1
-        while True:
+        while True:  # the attempt number: the first free "<key>.<n>" file, taken atomically
             try:
                 fd = os.open(os.path.join(fault_dir, f"{key}.{attempt}"), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-                os.write(fd, str(os.getpid()).encode())
-                os.close(fd)
                 break
             except FileExistsError:
                 attempt += 1
         p = float(kw.get("p", 0.3))
         kinds = list(kw.get("kinds", ["raise", "fail", "hang", "kill"]))
+        kind = "ok"
         if attempt <= int(kw.get("faulty_attempts", 1)):
             rng = np.random.default_rng(int(key[:12], 16) + 7919 * attempt + int(kw.get("seed", 0)))
             if rng.random() < p:
                 kind = kinds[int(rng.integers(len(kinds)))]
-                if kind == "raise":
-                    raise RandomError(f"qcmb_fault: injected exception (attempt {attempt})")
-                if kind == "fail":
-                    return FailedOperation(
-                        input_data=input_model,
-                        error={"error_type": "random_error", "error_message": f"qcmb_fault: injected failure (attempt {attempt})"},
-                    )
-                if kind == "hang":
-                    time.sleep(float(kw.get("hang_seconds", 3600)))
-                if kind == "kill":
-                    os.kill(os.getpid(), signal.SIGKILL)
-                if kind == "input":
-                    raise InputError("qcmb_fault: injected input error")
+        os.write(fd, kind.encode())  # what this attempt did, for the tests to count
+        os.close(fd)
+        if kind == "raise":
+            raise RandomError(f"qcmb_fault: injected exception (attempt {attempt})")
+        if kind == "fail":
+            return FailedOperation(
+                input_data=input_model,
+                error={"error_type": "random_error", "error_message": f"qcmb_fault: injected failure (attempt {attempt})"},
+            )
+        if kind == "hang":
+            time.sleep(float(kw.get("hang_seconds", 3600)))
+        if kind == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if kind == "input":
+            raise InputError("qcmb_fault: injected input error")
         return _compute_model(input_model, config, self.name)
 
 

@@ -61,10 +61,10 @@ def _worker_main(conn: Any, parent_conns: List[Any]) -> None:  # pragma: no cove
     for c in parent_conns:  # the coordinator's ends, inherited through fork: not ours
         with contextlib.suppress(Exception):
             c.close()
-    # Ctrl-C reaches the whole process group: the coordinator decides, workers wait for STOP.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    # Ctrl-C reaches the whole process group, Slurm signals every process of the step: the
+    # coordinator decides, workers wait for its STOP (or leave when its pipe closes).
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
     code = 0
     try:
         Worker(_PipeEndpoint(conn)).run()

@@ -1,0 +1,52 @@
+# qcmb_hpc — `make install`, `make run`, `make test`, `make bench`.
+# Everything lives in a virtualenv (.venv) made from the python3 on PATH; NWChem and Slurm come
+# from Debian (apt-get, as root). The MPI launcher is the MPICH wheel's, in .venv/bin.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+MPIEXEC:= $(VENV)/bin/mpiexec
+APT_PACKAGES := nwchem slurmctld slurmd
+
+.PHONY: install system-packages venv run test test-unit test-mpi test-slurm bench clean
+
+install: system-packages venv
+
+system-packages:
+	@if command -v apt-get >/dev/null 2>&1; then \
+	  missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	  if [ -n "$$missing" ]; then \
+	    apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; \
+	  fi; \
+	else echo "apt-get not found: install NWChem and Slurm yourself (see README)"; fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -U pip
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+# the bundled example (6 waters, s-dftd3, CP+NoCP through 3-body) on all cores of this machine
+run: venv
+	$(PY) -m qcmb_hpc --fresh
+
+test: install test-unit test-mpi test-slurm
+
+test-unit: venv
+	timeout 1500 $(PY) -m pytest -q --ignore=tests/mpi -m "not slurm" tests
+
+test-mpi: venv
+	for n in 2 3 5; do \
+	  timeout 600 $(MPIEXEC) -n $$n $(PY) -m pytest --with-mpi -q -p no:cacheprovider tests/mpi || exit 1; \
+	done
+
+test-slurm: install
+	timeout 1200 $(PY) -m pytest -q -m slurm tests/test_slurm.py
+
+bench: venv
+	timeout 3600 $(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,191 @@
+"""The command line: exit codes, bad inputs (one line on stderr, exit 2), default output name,
+--import, environment vs flags, YAML and v1 input, and the bundled example."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import HERE, REPO, assert_same_result, reference
+from qcmb_hpc.testing.inputs import many_body_input, water_cluster
+
+
+def run_cli(args, cwd, env=None, timeout=240):
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = os.pathsep.join([HERE, REPO, full_env.get("PYTHONPATH", "")])
+    full_env.pop("QCMB_PARALLEL_MODE", None)
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "qcmb_hpc", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def write_input(path, inp):
+    path.write_text(inp.serialize("json") if isinstance(inp.serialize("json"), str) else inp.serialize("json").decode())
+    return path
+
+
+def one_error_line(proc):
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("qcmb_hpc: error: "), lines[0]
+    return lines[0]
+
+
+def load_result(path):
+    from qcmanybody.models.v2 import ManyBodyResult
+
+    return ManyBodyResult(**json.loads(path.read_text()))
+
+
+@pytest.fixture
+def trimer_input(tmp_path, trimer):
+    inp = many_body_input(trimer, bsse_type=["cp", "nocp"], driver="gradient", return_total_data=True)
+    return inp, write_input(tmp_path / "trimer.json", inp)
+
+
+def test_success_default_output_and_checkpoint(tmp_path, trimer_input):
+    inp, path = trimer_input
+    proc = run_cli([str(path), "--import", "qcmb_hpc.testing.engines", "--no-progress"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "trimer.result.json"
+    assert out.exists()
+    assert (tmp_path / "trimer.checkpoint.jsonl").exists()
+    res = load_result(out)
+    assert_same_result(reference(inp), res, exact=True, check_shape=False)
+    assert "N-Body" in proc.stdout and "fragments" in proc.stdout and "wall" in proc.stdout
+    # the n-body table and a one-line summary
+    assert any(ln.startswith("qcmb_hpc: ") and "worker" in ln for ln in proc.stdout.splitlines())
+
+
+def test_output_flag_yaml_and_modes(tmp_path, trimer):
+    import yaml
+
+    inp = many_body_input(trimer, bsse_type=["vmfc"], driver="energy")
+    path = tmp_path / "in.yaml"
+    path.write_text(yaml.safe_dump(json.loads(inp.serialize("json"))))
+    for mode in ("sequential", "multiprocessing"):
+        out = tmp_path / f"out-{mode}.json"
+        proc = run_cli(
+            [str(path), "-o", str(out), "--mode", mode, "--import", "qcmb_hpc.testing.engines", "--no-progress", "--no-checkpoint"],
+            cwd=tmp_path,
+        )
+        assert proc.returncode == 0, proc.stderr
+        res = load_result(out)
+        assert res.extras["qcmb_hpc"]["mode"] == mode
+        assert_same_result(reference(inp), res, exact=True, check_shape=False)
+    assert not list(tmp_path.glob("*.checkpoint.jsonl"))
+
+
+def test_v1_input_gives_v1_result(tmp_path, trimer):
+    inp = many_body_input(trimer, bsse_type=["cp"], driver="energy")
+    v1 = inp.convert_v(1)
+    path = tmp_path / "v1.json"
+    path.write_text(v1.json())
+    proc = run_cli([str(path), "--import", "qcmb_hpc.testing.engines", "--no-progress"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads((tmp_path / "v1.result.json").read_text())
+    assert data.get("schema_version") == 1
+    ref = reference(inp)
+    assert abs(data["return_result"] - ref.return_result) == 0.0
+
+
+def test_environment_and_flags(tmp_path, trimer_input):
+    inp, path = trimer_input
+    proc = run_cli(
+        [str(path), "--import", "qcmb_hpc.testing.engines", "--no-progress", "--workers", "2"],
+        cwd=tmp_path,
+        env={"QCMB_MAX_WORKERS": "1", "QCMB_PARALLEL_MODE": "multiprocessing", "QCMB_LOAD_BALANCING": "static"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    rep = load_result(tmp_path / "trimer.result.json").extras["qcmb_hpc"]
+    assert rep["workers"] == 2  # the flag wins over QCMB_MAX_WORKERS
+    assert rep["strategy"] == "static"  # the variable applies where no flag is given
+
+
+def test_import_user_engine(tmp_path, trimer):
+    import custom_engine  # noqa: F401  (so the in-test reference can run it too)
+
+    inp = many_body_input(trimer, program="my_engine", bsse_type=["cp", "nocp"])
+    path = write_input(tmp_path / "mine.json", inp)
+    proc = run_cli([str(path), "--no-progress"], cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "my_engine" in one_error_line(proc)
+    for mode in ("sequential", "multiprocessing"):
+        proc = run_cli([str(path), "--import", "custom_engine", "--mode", mode, "--no-progress", "--fresh"], cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert_same_result(reference(inp), load_result(tmp_path / "mine.result.json"), exact=True, check_shape=False)
+
+
+def test_fragment_failure_exit_1(tmp_path, trimer):
+    inp = many_body_input(trimer, method="bad")
+    path = write_input(tmp_path / "bad_method.json", inp)
+    proc = run_cli([str(path), "--import", "qcmb_hpc.testing.engines", "--no-progress"], cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert "failed" in proc.stderr and "qcmb_test" in proc.stderr and "input_error" in proc.stderr
+    assert "is not known" in proc.stderr  # the engine's own message
+
+
+def _bad_inputs(tmp_path, trimer):
+    cases = {}
+    cases["missing file"] = ([str(tmp_path / "nope.json")], "does not exist")
+    cases["directory"] = ([str(tmp_path)], "directory")
+    (tmp_path / "garbage.json").write_text("{not json")
+    cases["not JSON"] = ([str(tmp_path / "garbage.json")], "not valid JSON")
+    (tmp_path / "garbage.txt").write_text("key: [unclosed")
+    cases["neither JSON nor YAML"] = ([str(tmp_path / "garbage.txt")], "neither JSON nor YAML")
+    (tmp_path / "binary.json").write_bytes(b"\x00\xff\xfe\x80")
+    cases["binary"] = ([str(tmp_path / "binary.json")], "not text")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    cases["not a mapping"] = ([str(tmp_path / "list.json")], "does not hold a ManyBodyInput")
+    (tmp_path / "wrong.json").write_text(json.dumps({"molecule": {"symbols": ["He"], "geometry": [0, 0, 0]}}))
+    cases["wrong schema"] = ([str(tmp_path / "wrong.json")], "not a valid ManyBodyInput")
+    unknown = many_body_input(trimer, program="no_such_program")
+    write_input(tmp_path / "unknown.json", unknown)
+    cases["unknown program"] = ([str(tmp_path / "unknown.json")], "no_such_program")
+    from qcelemental.models.v2 import Molecule
+
+    one = many_body_input(Molecule(symbols=["He", "He"], geometry=[0, 0, 0, 0, 0, 5]))
+    write_input(tmp_path / "onefrag.json", one)
+    cases["one fragment"] = ([str(tmp_path / "onefrag.json")], "fragment")
+    good = write_input(tmp_path / "good.json", many_body_input(trimer))
+    cases["bad workers"] = ([str(good), "--workers", "-1"], "--workers")
+    cases["bad memory"] = ([str(good), "--memory-per-worker", "lots"], "--memory-per-worker")
+    cases["bad mode"] = ([str(good), "--mode", "warp"], "--mode")
+    cases["bad timeout"] = ([str(good), "--timeout-per-fragment", "-3"], "--timeout-per-fragment")
+    cases["unknown flag"] = ([str(good), "--frobnicate"], "unrecognized arguments")
+    cases["bad import"] = ([str(good), "--import", "no_such_module_xyz"], "no_such_module_xyz")
+    cases["memory fits no worker"] = ([str(good), "--memory-per-worker", "100TiB"], "fits no worker")
+    return cases
+
+
+def test_bad_inputs_exit_2_one_line(tmp_path, trimer):
+    for name, (args, needle) in _bad_inputs(tmp_path, trimer).items():
+        proc = run_cli([*args, "--import", "qcmb_hpc.testing.engines", "--no-progress"], cwd=tmp_path)
+        assert proc.returncode == 2, (name, proc.returncode, proc.stderr)
+        line = one_error_line(proc)
+        assert needle in line, (name, line)
+
+
+def test_bad_environment_variable_exit_2(tmp_path, trimer):
+    good = write_input(tmp_path / "good.json", many_body_input(trimer))
+    proc = run_cli([str(good)], cwd=tmp_path, env={"QCMB_MAX_WORKERS": "many"})
+    assert proc.returncode == 2
+    assert "QCMB_MAX_WORKERS" in one_error_line(proc)
+
+
+def test_bundled_example_without_input(tmp_path):
+    proc = run_cli(["--no-progress"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "water6_dftd3.result.json"
+    assert out.exists()
+    from qcmb_hpc.cli import bundled_example, load_input
+    from qcmanybody.models.v2 import ManyBodyInput
+
+    inp = ManyBodyInput(**load_input(bundled_example()))
+    assert inp.specification.specification["(auto)"].program == "s-dftd3"
+    assert_same_result(reference(inp), load_result(out), exact=True, check_shape=False)

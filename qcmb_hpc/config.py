@@ -204,8 +204,9 @@ def _setting(
     flag: Optional[str] = None,
     metavar: str = "VALUE",
     default_factory: Optional[Callable[[], Any]] = None,
+    shown: Optional[str] = None,
 ):
-    meta = {"parse": parse, "help": help, "env": env, "flag": flag, "metavar": metavar}
+    meta = {"parse": parse, "help": help, "env": env, "flag": flag, "metavar": metavar, "shown": shown}
     if default_factory is not None:
         return field(default_factory=default_factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -229,6 +230,7 @@ class ParallelConfig:
         "number of workers (default: usable cores / threads per worker; MPI: ranks - 1)",
         flag="--workers",
         metavar="N",
+        shown='auto',
     )
     memory_limit_per_worker: Optional[Union[str, int]] = _setting(
         None,
@@ -237,12 +239,14 @@ class ParallelConfig:
         env="QCMB_MEMORY_LIMIT",
         flag="--memory-per-worker",
         metavar="SIZE",
+        shown='an equal share',
     )
     timeout_per_fragment: Optional[float] = _setting(
         None,
         _optional(_parse_seconds),
         "seconds after which a fragment is killed and counts as failed (retryable)",
         metavar="SECONDS",
+        shown='none',
     )
     load_balancing: LoadBalanceStrategy = _setting(
         LoadBalanceStrategy.DYNAMIC,
@@ -263,6 +267,7 @@ class ParallelConfig:
         _optional(_parse_int(1)),
         "cores each worker's QC program uses (qcengine ncores, OMP/MKL/OpenBLAS threads); default 1",
         metavar="N",
+        shown='1 (sequential: all cores)',
     )
     isolate_fragments: bool = _setting(
         True,
@@ -274,12 +279,14 @@ class ParallelConfig:
         _optional(_parse_str),
         "journal of finished fragments; a rerun with the same input resumes from it",
         metavar="PATH",
+        shown='none (CLI: next to the output)',
     )
     scratch_directory: Optional[str] = _setting(
         None,
         _optional(_parse_str),
         "where per-worker scratch directories go (default $SLURM_TMPDIR, $TMPDIR or the system temp)",
         metavar="DIR",
+        shown='auto',
     )
     keep_scratch: bool = _setting(False, _parse_bool, "keep per-worker scratch directories (debugging)")
     cost_history: Optional[str] = _setting(
@@ -287,12 +294,14 @@ class ParallelConfig:
         _optional(_parse_str),
         "file of measured fragment times; calibrates the cost model for later runs",
         metavar="PATH",
+        shown='none',
     )
     prefetch: Optional[int] = _setting(
         None,
         _optional(_parse_int(1)),
         "tasks queued on each worker beyond the running one (default: automatic)",
         metavar="N",
+        shown='auto',
     )
     grace_period: float = _setting(
         30.0,
@@ -370,6 +379,7 @@ class Setting:
     metavar: str
     is_bool: bool
     parse: Callable[[Any], Any]
+    shown: Optional[str] = None
 
 
 def _settings() -> List[Setting]:
@@ -387,6 +397,7 @@ def _settings() -> List[Setting]:
                 metavar=meta["metavar"],
                 is_bool=isinstance(default, bool),
                 parse=meta["parse"],
+                shown=meta["shown"],
             )
         )
     return out
@@ -426,7 +437,7 @@ def settings_table() -> str:
         if isinstance(v, enum.Enum):
             return f"`{v.value}`"
         if v is None:
-            return "auto" if v is None else str(v)
+            return "none"
         if isinstance(v, list):
             return "none" if not v else ", ".join(v)
         return f"`{v}`"
@@ -434,5 +445,6 @@ def settings_table() -> str:
     rows = ["| ParallelConfig field | environment variable | CLI flag | default | meaning |", "|---|---|---|---|---|"]
     for s in SETTINGS:
         flag = f"`{s.flag}` / `--no-{s.flag[2:]}`" if s.is_bool else f"`{s.flag} {s.metavar}`"
-        rows.append(f"| `{s.name}` | `{s.env}` | {flag} | {show(s.default)} | {s.help} |")
+        default = s.shown if s.shown is not None else show(s.default)
+        rows.append(f"| `{s.name}` | `{s.env}` | {flag} | {default} | {s.help} |")
     return "\n".join(rows)

@@ -109,3 +109,11 @@ def test_from_environment_on_computer(monkeypatch, trimer):
     monkeypatch.setenv("QCMB_MAX_WORKERS", "zero")
     with pytest.raises(ValueError, match="QCMB_MAX_WORKERS"):
         ParallelManyBodyComputer.from_environment(many_body_input(trimer))
+
+
+def test_readme_settings_table_is_current():
+    """The README's settings table is generated from the one declaration; keep it in sync."""
+    import os
+
+    readme = open(os.path.join(os.path.dirname(__file__), os.pardir, "README.md")).read()
+    assert settings_table() in readme, "regenerate: python -c 'from qcmb_hpc.config import settings_table; print(settings_table())'"

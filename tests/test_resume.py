@@ -234,3 +234,51 @@ def test_torn_last_record_is_recomputed(tmp_path):
     assert rep["restored"] == n - 1 and rep["computed"] == 1
     assert_same_result(reference(inp), load(tmp_path / "a.result.json"), exact=True, check_shape=False)
     assert len(ck.read_text().splitlines()) - 1 == n  # the journal is whole again
+
+
+def _rank_pid(launcher_pid, rank):
+    """pid of the MPI rank ``rank`` under this launcher (from PMI_RANK in /proc/<pid>/environ)."""
+    import psutil
+
+    for p in psutil.Process(launcher_pid).children(recursive=True):
+        try:
+            env = open(f"/proc/{p.pid}/environ", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if f"PMI_RANK={rank}".encode() in env and "python" in p.name():
+            return p.pid
+    return None
+
+
+def test_dead_rank_ends_job_promptly_and_resume_completes(tmp_path):
+    rec = tmp_path / "runs"
+    rec.mkdir()
+    inp = sleep_input(rec)
+    path = tmp_path / "job.json"
+    path.write_text(inp.serialize("json"))
+    ckpt = str(tmp_path / "job.checkpoint.jsonl")
+    proc = start([str(path)], tmp_path, mpi_ranks=3)
+    try:
+        wait_for_records(ckpt, 4, proc)
+        victim = _rank_pid(proc.pid, 2)
+        assert victim is not None
+        t0 = time.monotonic()
+        os.kill(victim, signal.SIGKILL)
+        out, err = proc.communicate(timeout=60)
+        ended = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode != 0
+    assert ended < 20, f"the job took {ended:.1f} s to end after a rank died"
+    done = journal_records(ckpt)
+    lines = open(ckpt).read().splitlines()
+    for ln in lines[:-1]:
+        json.loads(ln)  # intact, except possibly a torn last line
+    proc = start([str(path)], tmp_path, mpi_ranks=3)
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err
+    rep = load(tmp_path / "job.result.json").extras["qcmb_hpc"]
+    assert rep["restored"] == len(done)
+    counts, plan = executions(rec, inp)
+    assert all(counts[label] == 1 for label in done)

@@ -282,3 +282,62 @@ def test_dead_rank_ends_job_promptly_and_resume_completes(tmp_path):
     assert rep["restored"] == len(done)
     counts, plan = executions(rec, inp)
     assert all(counts[label] == 1 for label in done)
+
+
+def test_second_signal_cuts_running_fragments(tmp_path):
+    """Fragments of 60 s and a grace period of 600 s: the first SIGINT would wait for them; a
+    second one cuts them, and the job ends at once (incomplete, resumable)."""
+    rec = tmp_path / "runs"
+    rec.mkdir()
+    inp = sleep_input(rec, base=60.0)
+    path = tmp_path / "job.json"
+    path.write_text(inp.serialize("json"))
+    proc = start([str(path), "--grace-period", "600"], tmp_path)
+    t0 = time.monotonic()
+    while len(os.listdir(rec)) < 2:  # both workers are inside a fragment
+        assert proc.poll() is None and time.monotonic() - t0 < 60, proc.communicate()
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGINT)
+    seen = []
+    for line in proc.stderr:  # signals do not queue: send the second once the first was handled
+        seen.append(line)
+        if "stop requested" in line:
+            break
+    assert any("600 s" in ln for ln in seen), seen
+    os.kill(proc.pid, signal.SIGINT)
+    t1 = time.monotonic()
+    out, err = proc.communicate(timeout=60)
+    assert time.monotonic() - t1 < 10, "the second signal did not cut the running fragments"
+    assert proc.returncode == 130, err
+    assert "0 of" in err and "resume" in err
+    import psutil
+
+    leftover = [p for p in psutil.process_iter(["cmdline"]) if str(path) in " ".join(p.info["cmdline"] or [])]
+    assert not leftover, "processes of the stopped run are still alive"
+
+
+def test_killed_worker_process_others_continue(tmp_path):
+    """One worker process dies (SIGKILL from outside, not a fragment failure): its fragments go to
+    the others and the run completes with the right numbers."""
+    import psutil
+
+    rec = tmp_path / "runs"
+    rec.mkdir()
+    inp = sleep_input(rec, base=0.2)
+    path = tmp_path / "job.json"
+    path.write_text(inp.serialize("json"))
+    ckpt = str(tmp_path / "job.checkpoint.jsonl")
+    proc = start([str(path), "--mode", "multiprocessing", "--workers", "2"], tmp_path)
+    wait_for_records(ckpt, 3, proc)
+    workers = [c for c in psutil.Process(proc.pid).children() if "python" in c.name()]
+    assert len(workers) == 2
+    workers[0].kill()
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err
+    res = load(tmp_path / "job.result.json")
+    rep = res.extras["qcmb_hpc"]
+    assert len(rep["lost_workers"]) == 1 and "SIGKILL" in rep["lost_workers"][0]
+    assert "fell_back_to_sequential" not in rep
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    assert_same_result(reference(sleep_input(clean, base=0.0)), res, exact=True, check_shape=False)

@@ -49,8 +49,10 @@ __all__ = [
 #: qcengine error types that cannot succeed on a retry (bad method, basis, keywords, program).
 NON_RETRYABLE_ERRORS = frozenset({"input_error"})
 
-#: environment variables of MPI launchers (Open MPI, PMIx, PMI/Slurm PMI2, MPICH/Hydra, Intel MPI).
-MPI_ENV_PREFIXES = ("OMPI_", "PMIX_", "PMI_", "HYDRA_", "MPICH_", "MPIR_", "I_MPI_", "MPI_LOCAL")
+#: environment variables of MPI launchers (Open MPI, PMIx, PMI/Slurm PMI2, MPICH/Hydra, Intel MPI),
+#: and Slurm's job-step description: Open MPI decides it was started by srun when SLURM_NODELIST and
+#: SLURM_STEP_ID are both set, then needs the PMI removed above, and the QC program dies in MPI_Init.
+MPI_ENV_PREFIXES = ("OMPI_", "PMIX_", "PMI_", "HYDRA_", "MPICH_", "MPIR_", "I_MPI_", "MPI_LOCAL", "SLURM_STEP")
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 
@@ -204,8 +206,11 @@ def _child_main(conn: Any, spec: RunSpec, task_config: Dict[str, Any], close: Li
         # do not cut the fragment — the worker decides — and the worker can kill the child together
         # with everything it started (an NWChem process) as one group.
         os.setsid()
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+        for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_DFL)
+        # srun delivers signals to every process of the step, whatever its session: the time-limit
+        # warning (USR1) must not cut a fragment; the coordinator stops the run gracefully instead
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
         _watch_parent(os.getppid())
         for k in [k for k in os.environ if _is_mpi_variable(k)]:
             del os.environ[k]

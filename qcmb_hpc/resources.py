@@ -1,14 +1,29 @@
 """Node resources → how many workers, how many threads each, how much memory each.
 
-Reading (mechanism): cores from CPU affinity, the cgroup CPU quota and Slurm's
-``SLURM_CPUS_PER_TASK`` / ``SLURM_CPUS_ON_NODE``; memory from the cgroup limit,
-``SLURM_MEM_PER_NODE`` / ``SLURM_MEM_PER_CPU`` and psutil's available memory. For each the smallest
-wins, and memory keeps a safety margin (:data:`MEMORY_SAFETY`) because QC programs overshoot what
-they are told.
+Reading (mechanism). Two figures for cores, because MPI ranks share a node:
+
+* ``cores`` — what *this process* may use: CPU affinity, the cgroup CPU quota, and Slurm's
+  ``SLURM_CPUS_PER_TASK``; without it, inside an ``srun`` step, ``SLURM_CPUS_ON_NODE`` divided by
+  the step's tasks on this node (``SLURM_STEP_TASKS_PER_NODE``, else ``SLURM_NTASKS`` on one node);
+  in the batch script, ``SLURM_CPUS_ON_NODE``.
+* ``node_cores`` — what the job may use on this node, shared by all its ranks there: the cgroup
+  CPU quota, ``SLURM_CPUS_ON_NODE`` and the machine's CPU count. CPU affinity is left out on
+  purpose: a launcher that binds each rank sees only the rank's own cores there.
+
+Memory is per node (ranks on a node share it): the cgroup limit (v2 ``memory.max`` or v1
+``memory.limit_in_bytes``, the smallest along this process's cgroup and its ancestors),
+``SLURM_MEM_PER_NODE`` or ``SLURM_MEM_PER_CPU`` × ``SLURM_CPUS_ON_NODE``, and psutil's available
+memory. For every figure the smallest source wins, and its name is kept for the one-line layout.
+
+The cgroup of this process is found through ``/proc/self/cgroup`` and the cgroup mounts in
+``/proc/self/mountinfo`` (cgroup v2, v1, and the hybrid layout with v2 under ``unified/``; a
+container's mount root is taken into account), so limits are read where they really are.
 
 Arithmetic (policy, pure): :func:`plan_layout` turns those figures and the user's overrides
 (``max_workers``, ``threads_per_worker``, ``memory_limit_per_worker``) into a :class:`Layout`, or a
-:class:`ResourceError` with a one-line reason when they cannot fit.
+:class:`ResourceError` with a one-line reason when they cannot fit. QC programs overshoot what they
+are told, so only :data:`MEMORY_SAFETY` of the memory is handed out, and each worker's own Python
+processes are reserved :data:`WORKER_OVERHEAD` besides what its QC program gets.
 """
 
 from __future__ import annotations
@@ -16,7 +31,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 from .config import format_bytes
 
@@ -24,18 +39,25 @@ __all__ = [
     "ResourceError",
     "NodeResources",
     "Layout",
+    "cgroup_limits",
     "detect_cores",
+    "detect_node_cores",
     "detect_memory",
     "detect_node",
     "plan_layout",
     "MEMORY_SAFETY",
     "WORKER_OVERHEAD",
+    "MIN_WORKER_MEMORY",
 ]
 
-#: fraction of the usable memory handed to QC programs
+#: fraction of the usable memory handed out (QC programs overshoot what they are told)
 MEMORY_SAFETY = 0.85
 #: memory a worker's own Python processes need besides its QC program (worker + isolated child)
 WORKER_OVERHEAD = 256 * 1024**2
+#: the least memory worth giving a QC program; a layout that leaves less is refused or shrunk
+MIN_WORKER_MEMORY = 128 * 1024**2
+#: cgroup v1 writes "no limit" as a huge number (2^63 rounded down to the page size)
+_V1_UNLIMITED = 2**60
 
 
 class ResourceError(ValueError):
@@ -44,9 +66,10 @@ class ResourceError(ValueError):
 
 @dataclass
 class NodeResources:
-    cores: int
+    cores: int  #: cores this process may use
     memory: int  #: bytes usable on this node by this job (before the safety margin)
     sources: Dict[str, str] = field(default_factory=dict)
+    node_cores: Optional[int] = None  #: cores of this job on this node, shared by its ranks (None: ``cores``)
 
 
 @dataclass
@@ -62,14 +85,15 @@ class Layout:
 
     def describe(self) -> str:
         t = "thread" if self.threads_per_worker == 1 else "threads"
-        s = f"{self.workers} workers × {self.threads_per_worker} {t}, {format_bytes(self.memory_per_worker)} each"
+        w = "worker" if self.workers == 1 else "workers"
+        s = f"{self.workers} {w} × {self.threads_per_worker} {t}, {format_bytes(self.memory_per_worker)} each"
         if self.scratch:
             s += f", scratch {self.scratch}"
         return s + f" (of {self.cores} cores [{self.sources.get('cores', '?')}], {format_bytes(self.memory)} [{self.sources.get('memory', '?')}])"
 
 
 # ------------------------------------------------------------------------------------------------
-# reading
+# cgroups
 # ------------------------------------------------------------------------------------------------
 
 
@@ -81,67 +105,197 @@ def _read(path: str) -> Optional[str]:
         return None
 
 
-def _cgroup_dirs(cgroup_root: str, proc_cgroup: Optional[str]) -> Dict[str, list]:
-    """Directories to look in for each controller, this process's cgroup first, then its ancestors."""
-    out: Dict[str, list] = {"v2": [], "cpu": [], "memory": []}
-    text = proc_cgroup if proc_cgroup is not None else (_read("/proc/self/cgroup") or "")
-    for line in text.splitlines():
-        parts = line.split(":", 2)
-        if len(parts) != 3:
+def _unescape(path: str) -> str:
+    """mountinfo escapes space, tab, newline and backslash as octal (``\\040``)."""
+    return path.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+
+
+def _cgroup_mounts(mountinfo: str) -> List[Tuple[str, str, str, List[str]]]:
+    """``(fstype, mount_root, mount_point, super_options)`` of every cgroup/cgroup2 mount."""
+    out = []
+    for line in mountinfo.splitlines():
+        left, sep, right = line.partition(" - ")
+        if not sep:
             continue
-        _, controllers, path = parts
-        rel = path.strip("/")
-        chain = []
-        while True:
-            chain.append(rel)
-            if not rel:
-                break
-            rel = rel.rsplit("/", 1)[0] if "/" in rel else ""
-        if controllers == "":
-            out["v2"] = [os.path.join(cgroup_root, p) for p in chain]
-        for ctl in controllers.split(","):
-            if ctl in ("cpu", "memory"):
-                out[ctl] = [os.path.join(cgroup_root, ctl, p) for p in chain]
-    if not any(out.values()):
-        out["v2"] = [cgroup_root]
+        lf, rf = left.split(), right.split()
+        if len(lf) < 5 or len(rf) < 1 or rf[0] not in ("cgroup", "cgroup2"):
+            continue
+        opts = rf[2].split(",") if len(rf) > 2 else []
+        out.append((rf[0], _unescape(lf[3]), _unescape(lf[4]), opts))
     return out
 
 
-def cgroup_limits(cgroup_root: str = "/sys/fs/cgroup", proc_cgroup: Optional[str] = None) -> Tuple[Optional[float], Optional[int]]:
-    """``(cpus, memory_bytes)`` allowed by cgroups (v2 or v1), None where unlimited."""
-    dirs = _cgroup_dirs(cgroup_root, proc_cgroup)
+def _cgroup_chain(mount_point: str, mount_root: str, path: str) -> List[str]:
+    """This process's cgroup directory under ``mount_point`` and its ancestors up to the mount."""
+    path = "/" + path.strip("/")
+    root = "/" + mount_root.strip("/")
+    if root == "/":
+        rel = path
+    elif path == root or path.startswith(root + "/"):
+        rel = path[len(root):]
+    else:  # the process's path is outside what is mounted (another cgroup namespace): read the mount
+        rel = "/"
+    parts = [p for p in rel.split("/") if p]
+    chain = []
+    for i in range(len(parts), -1, -1):
+        chain.append(os.path.join(mount_point, *parts[:i]))
+    return chain
+
+
+def _controller_dirs(proc_cgroup: str, mountinfo: str, cgroup_root: str) -> Dict[str, List[str]]:
+    """Directories to read each kind of limit from: ``v2``, ``cpu`` (v1) and ``memory`` (v1), each
+    this process's cgroup first, then its ancestors."""
+    out: Dict[str, List[str]] = {"v2": [], "cpu": [], "memory": []}
+    membership: Dict[str, str] = {}
+    for line in proc_cgroup.splitlines():
+        parts = line.strip().split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if controllers == "":
+            membership["v2"] = path
+        for ctl in controllers.split(","):
+            if ctl in ("cpu", "memory"):
+                membership[ctl] = path
+    mounts = _cgroup_mounts(mountinfo)
+    if mounts:
+        for fstype, mroot, mpoint, opts in mounts:
+            if fstype == "cgroup2" and "v2" in membership and not out["v2"]:
+                out["v2"] = _cgroup_chain(mpoint, mroot, membership["v2"])
+            elif fstype == "cgroup":
+                for ctl in ("cpu", "memory"):
+                    if ctl in opts and ctl in membership and not out[ctl]:
+                        out[ctl] = _cgroup_chain(mpoint, mroot, membership[ctl])
+        return out
+    # no mount table (tests, unusual systems): the conventional layout under cgroup_root
+    if "v2" in membership and os.path.exists(os.path.join(cgroup_root, "cgroup.controllers")):
+        out["v2"] = _cgroup_chain(cgroup_root, "/", membership["v2"])
+    for ctl in ("cpu", "memory"):
+        if ctl in membership:
+            out[ctl] = _cgroup_chain(os.path.join(cgroup_root, ctl), "/", membership[ctl])
+    return out
+
+
+def cgroup_limits(
+    cgroup_root: str = "/sys/fs/cgroup",
+    proc_cgroup: Optional[str] = None,
+    mountinfo: Optional[str] = None,
+) -> Tuple[Optional[float], Optional[int]]:
+    """``(cpus, memory_bytes)`` allowed by cgroups (v2 or v1), None where unlimited.
+
+    ``proc_cgroup`` and ``mountinfo`` default to ``/proc/self/cgroup`` and ``/proc/self/mountinfo``
+    (tests pass their own, with mount points in a temporary directory). The limit is the smallest
+    along this process's cgroup and its ancestors (a parent's limit binds its children)."""
+    if proc_cgroup is None:
+        proc_cgroup = _read("/proc/self/cgroup") or ""
+    if mountinfo is None:
+        mountinfo = _read("/proc/self/mountinfo") or ""
+    dirs = _controller_dirs(proc_cgroup, mountinfo, cgroup_root)
     cpus: Optional[float] = None
     mem: Optional[int] = None
+
+    def lower_cpus(c: float) -> None:
+        nonlocal cpus
+        if c > 0:
+            cpus = c if cpus is None else min(cpus, c)
+
+    def lower_mem(m: int) -> None:
+        nonlocal mem
+        if 0 < m < _V1_UNLIMITED:
+            mem = m if mem is None else min(mem, m)
+
     for d in dirs["v2"]:
         cm = _read(os.path.join(d, "cpu.max"))
         if cm:
             quota, _, period = cm.partition(" ")
-            if quota != "max" and period:
-                c = int(quota) / int(period)
-                cpus = c if cpus is None else min(cpus, c)
-        mm = _read(os.path.join(d, "memory.max"))
-        if mm and mm != "max":
-            mem = int(mm) if mem is None else min(mem, int(mm))
+            if quota != "max":
+                try:
+                    lower_cpus(int(quota) / int(period or 100000))
+                except ValueError:
+                    pass
+        for name in ("memory.max", "memory.high"):
+            mm = _read(os.path.join(d, name))
+            if mm and mm != "max" and mm.isdigit():
+                lower_mem(int(mm))
     for d in dirs["cpu"]:
         q, p = _read(os.path.join(d, "cpu.cfs_quota_us")), _read(os.path.join(d, "cpu.cfs_period_us"))
-        if q and p and int(q) > 0:
-            c = int(q) / int(p)
-            cpus = c if cpus is None else min(cpus, c)
+        try:
+            if q and p and int(q) > 0:
+                lower_cpus(int(q) / int(p))
+        except ValueError:
+            pass
     for d in dirs["memory"]:
         mm = _read(os.path.join(d, "memory.limit_in_bytes"))
-        if mm and int(mm) < 2**62:
-            mem = int(mm) if mem is None else min(mem, int(mm))
+        if mm and mm.isdigit():
+            lower_mem(int(mm))
     return cpus, mem
 
 
+# ------------------------------------------------------------------------------------------------
+# Slurm
+# ------------------------------------------------------------------------------------------------
+
+
 def _slurm_int(environ: Mapping[str, str], name: str) -> Optional[int]:
+    """A positive integer from a Slurm variable (``8``; ``2(x3),1`` → its first count), else None."""
     raw = environ.get(name)
     if not raw:
         return None
     try:
-        return int(raw.split("(")[0].split(",")[0])  # e.g. SLURM_CPUS_ON_NODE=8, SLURM_TASKS_PER_NODE=2(x3)
+        n = int(raw.split("(")[0].split(",")[0])
     except ValueError:
         return None
+    return n if n > 0 else None
+
+
+def _expand_counts(spec: str) -> List[int]:
+    """Slurm's compressed per-node counts: ``2(x3),1`` → ``[2, 2, 2, 1]``."""
+    out: List[int] = []
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        count, _, rep = part.partition("(x")
+        n = int(count)
+        out.extend([n] * (int(rep.rstrip(")")) if rep else 1))
+    return out
+
+
+def _in_step(environ: Mapping[str, str]) -> bool:
+    step = environ.get("SLURM_STEP_ID", environ.get("SLURM_STEPID"))
+    return step not in (None, "", "batch", "extern", "interactive", "4294967294", "4294967295", "4294967293")
+
+
+def _step_tasks_here(environ: Mapping[str, str]) -> Optional[int]:
+    """Tasks of the current srun step on this node (None when not in a step or unknown)."""
+    if not _in_step(environ):
+        return None
+    spec = environ.get("SLURM_STEP_TASKS_PER_NODE") or environ.get("SLURM_TASKS_PER_NODE")
+    if spec:
+        try:
+            counts = _expand_counts(spec)
+            idx = int(environ.get("SLURM_NODEID", "0") or 0)
+            if counts:
+                return counts[idx] if 0 <= idx < len(counts) else counts[0]
+        except ValueError:
+            pass
+    nodes = _slurm_int(environ, "SLURM_STEP_NUM_NODES") or _slurm_int(environ, "SLURM_NNODES")
+    ntasks = _slurm_int(environ, "SLURM_STEP_NUM_TASKS") or _slurm_int(environ, "SLURM_NTASKS")
+    if ntasks and nodes == 1:
+        return ntasks
+    return None
+
+
+# ------------------------------------------------------------------------------------------------
+# reading
+# ------------------------------------------------------------------------------------------------
+
+
+def _affinity() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def detect_cores(
@@ -152,19 +306,41 @@ def detect_cores(
     """Cores this process may use and where that figure came from (the smallest source wins)."""
     environ = os.environ if environ is None else environ
     if affinity is None:
-        try:
-            affinity = len(os.sched_getaffinity(0))
-        except AttributeError:  # not Linux
-            affinity = os.cpu_count() or 1
-    candidates = [(affinity, "CPU affinity")]
+        affinity = _affinity()
+    candidates = [(int(affinity), "CPU affinity")]
     if cgroup_cpus is not None:
         candidates.append((max(1, math.floor(cgroup_cpus)), "cgroup cpu quota"))
-    per_task = _slurm_int(environ, "SLURM_CPUS_PER_TASK")
-    on_node = _slurm_int(environ, "SLURM_CPUS_ON_NODE")
-    if per_task:
-        candidates.append((per_task, "SLURM_CPUS_PER_TASK"))
-    elif on_node and environ.get("SLURM_JOB_ID"):
-        candidates.append((on_node, "SLURM_CPUS_ON_NODE"))
+    if environ.get("SLURM_JOB_ID") or environ.get("SLURM_JOBID"):
+        per_task = _slurm_int(environ, "SLURM_CPUS_PER_TASK")
+        on_node = _slurm_int(environ, "SLURM_CPUS_ON_NODE")
+        tasks_here = _step_tasks_here(environ)
+        if per_task:
+            candidates.append((per_task, "SLURM_CPUS_PER_TASK"))
+        elif on_node and tasks_here:
+            candidates.append((max(1, on_node // tasks_here), f"SLURM_CPUS_ON_NODE/{tasks_here} tasks"))
+        elif on_node:
+            candidates.append((on_node, "SLURM_CPUS_ON_NODE"))
+    n, src = min(candidates, key=lambda c: c[0])
+    return max(1, int(n)), src
+
+
+def detect_node_cores(
+    environ: Optional[Mapping[str, str]] = None,
+    cpu_count: Optional[int] = None,
+    cgroup_cpus: Optional[float] = None,
+) -> Tuple[int, str]:
+    """Cores this job may use on this node, shared by all its ranks there (affinity left out: a
+    launcher that binds ranks shows each rank only its own cores)."""
+    environ = os.environ if environ is None else environ
+    if cpu_count is None:
+        cpu_count = os.cpu_count() or 1
+    candidates = [(int(cpu_count), "CPUs of the node")]
+    if cgroup_cpus is not None:
+        candidates.append((max(1, math.floor(cgroup_cpus)), "cgroup cpu quota"))
+    if environ.get("SLURM_JOB_ID") or environ.get("SLURM_JOBID"):
+        on_node = _slurm_int(environ, "SLURM_CPUS_ON_NODE")
+        if on_node:
+            candidates.append((on_node, "SLURM_CPUS_ON_NODE"))
     n, src = min(candidates, key=lambda c: c[0])
     return max(1, int(n)), src
 
@@ -181,26 +357,40 @@ def detect_memory(
         import psutil
 
         available = int(psutil.virtual_memory().available)
-    candidates = [(available, "available memory")]
+    candidates = [(int(available), "available memory")]
     if cgroup_memory is not None:
-        candidates.append((cgroup_memory, "cgroup memory limit"))
-    per_node = _slurm_int(environ, "SLURM_MEM_PER_NODE")
-    per_cpu = _slurm_int(environ, "SLURM_MEM_PER_CPU")
-    if per_node:
-        candidates.append((per_node * 1024**2, "SLURM_MEM_PER_NODE"))
-    elif per_cpu:
-        ncpu = cpus_on_node or _slurm_int(environ, "SLURM_CPUS_ON_NODE") or 1
-        candidates.append((per_cpu * 1024**2 * ncpu, "SLURM_MEM_PER_CPU"))
+        candidates.append((int(cgroup_memory), "cgroup memory limit"))
+    if environ.get("SLURM_JOB_ID") or environ.get("SLURM_JOBID"):
+        per_node = _slurm_int(environ, "SLURM_MEM_PER_NODE")  # MB; 0 (= the whole node) is ignored
+        per_cpu = _slurm_int(environ, "SLURM_MEM_PER_CPU")
+        if per_node:
+            candidates.append((per_node * 1024**2, "SLURM_MEM_PER_NODE"))
+        elif per_cpu:
+            ncpu = cpus_on_node or _slurm_int(environ, "SLURM_CPUS_ON_NODE") or 1
+            candidates.append((per_cpu * 1024**2 * ncpu, f"SLURM_MEM_PER_CPU×{ncpu}"))
     n, src = min(candidates, key=lambda c: c[0])
     return int(n), src
 
 
-def detect_node(environ: Optional[Mapping[str, str]] = None, cgroup_root: str = "/sys/fs/cgroup") -> NodeResources:
-    """Cores and memory usable by this job on this node."""
-    cpus, mem = cgroup_limits(cgroup_root)
-    cores, csrc = detect_cores(environ, cgroup_cpus=cpus)
-    memory, msrc = detect_memory(environ, cgroup_memory=mem)
-    return NodeResources(cores=cores, memory=memory, sources={"cores": csrc, "memory": msrc})
+def detect_node(
+    environ: Optional[Mapping[str, str]] = None,
+    cgroup_root: str = "/sys/fs/cgroup",
+    *,
+    affinity: Optional[int] = None,
+    cpu_count: Optional[int] = None,
+    available: Optional[int] = None,
+    proc_cgroup: Optional[str] = None,
+    mountinfo: Optional[str] = None,
+) -> NodeResources:
+    """Cores and memory usable by this job on this node (keyword arguments replace what would be
+    read from the system, for tests)."""
+    cpus, mem = cgroup_limits(cgroup_root, proc_cgroup=proc_cgroup, mountinfo=mountinfo)
+    cores, csrc = detect_cores(environ, affinity=affinity, cgroup_cpus=cpus)
+    node_cores, nsrc = detect_node_cores(environ, cpu_count=cpu_count, cgroup_cpus=cpus)
+    memory, msrc = detect_memory(environ, available=available, cgroup_memory=mem)
+    return NodeResources(
+        cores=cores, memory=memory, node_cores=node_cores, sources={"cores": csrc, "memory": msrc, "node_cores": nsrc}
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -215,60 +405,86 @@ def plan_layout(
     threads_per_worker: Optional[int] = None,
     memory_per_worker: Optional[int] = None,
     ranks_on_node: Optional[int] = None,
+    tasks: Optional[int] = None,
 ) -> Layout:
     """Workers, threads and memory for one node.
 
-    * Without ``ranks_on_node`` (multiprocessing): workers = cores // threads (default 1 thread);
-      ``max_workers`` replaces that count.
-    * With ``ranks_on_node`` (MPI: the ranks sharing this node, each one worker): threads default to
-      cores // ranks, and the node's memory is shared among the ranks.
-    * ``memory_per_worker`` lowers the worker count to what the usable memory holds (a
-      :class:`ResourceError` if not even one fits); without it, each worker gets an equal share.
+    * Multiprocessing (no ``ranks_on_node``): workers = cores // threads (threads default 1);
+      ``max_workers`` replaces that count. Workers that the memory cannot hold are dropped, with a
+      warning.
+    * MPI (``ranks_on_node`` = the worker ranks sharing this node, each one worker): threads default
+      to this rank's share, ``min(cores, node_cores // ranks_on_node)``; the node's memory is shared
+      among the ranks. The ranks are fixed by the launcher, so memory that cannot hold them all is a
+      :class:`ResourceError` saying how many would fit.
+    * ``tasks`` (multiprocessing): never more workers than fragments to run, so the memory is
+      shared among the workers that will really run.
+    * ``memory_per_worker`` gives each QC program that much (lowering the worker count to what fits,
+      or an error if not one does); without it each worker gets an equal share, and a share below
+      :data:`MIN_WORKER_MEMORY` lowers the count (multiprocessing) or is an error (MPI).
 
-    Usable memory is :data:`MEMORY_SAFETY` of the node's, less :data:`WORKER_OVERHEAD` per worker.
-    More workers × threads than cores is allowed only when asked for explicitly, with a warning.
+    Usable memory is :data:`MEMORY_SAFETY` of the node's; each worker's own processes are reserved
+    :data:`WORKER_OVERHEAD` of it besides its QC program's memory. More workers × threads than
+    cores is allowed (the user asked for it), with a warning.
     """
     usable = int(node.memory * MEMORY_SAFETY)
-    warnings = []
-    if ranks_on_node is not None:
+    warnings: List[str] = []
+    where = node.sources.get("memory", "detected")
+    mpi = ranks_on_node is not None
+    if mpi:
         workers = max(1, int(ranks_on_node))
-        threads = threads_per_worker or max(1, node.cores // workers)
+        node_cores = node.node_cores or node.cores
+        threads = threads_per_worker or max(1, min(node.cores, node_cores // workers))
+        cores_here = node_cores
     else:
         threads = threads_per_worker or 1
         workers = max_workers if max_workers is not None else max(1, node.cores // threads)
-    if workers * threads > node.cores:
+        if tasks is not None:
+            workers = max(1, min(workers, int(tasks)))
+        cores_here = node.cores
+    if workers < 1 or threads < 1:
+        raise ResourceError(f"workers ({workers}) and threads per worker ({threads}) must be at least 1")
+    if workers * threads > cores_here:
         warnings.append(
-            f"{workers} workers × {threads} threads oversubscribe the {node.cores} usable cores "
-            f"({node.sources.get('cores', 'detected')})"
+            f"{workers} {'ranks' if mpi else 'workers'} × {threads} threads oversubscribe the {cores_here} usable cores "
+            f"({node.sources.get('node_cores' if mpi else 'cores', 'detected')})"
         )
+    need_each = (memory_per_worker if memory_per_worker is not None else MIN_WORKER_MEMORY) + WORKER_OVERHEAD
+    fit = usable // need_each
+    if fit < 1:
+        what = (
+            f"memory_limit_per_worker={format_bytes(memory_per_worker)}"
+            if memory_per_worker is not None
+            else f"the minimum of {format_bytes(MIN_WORKER_MEMORY)} per worker"
+        )
+        raise ResourceError(
+            f"{what} fits no worker: {format_bytes(usable)} usable of {format_bytes(node.memory)} ({where}, "
+            f"{int(MEMORY_SAFETY * 100)}% of it, less {format_bytes(WORKER_OVERHEAD)} per worker for its own processes)"
+        )
+    if fit < workers:
+        if mpi:
+            raise ResourceError(
+                f"{workers} worker ranks on this node × {format_bytes(need_each - WORKER_OVERHEAD)} each "
+                f"(+{format_bytes(WORKER_OVERHEAD)} for their processes) do not fit in {format_bytes(usable)} usable memory "
+                f"({where}); use at most {fit} ranks per node, ask for more memory, or lower memory_limit_per_worker"
+            )
+        warnings.append(
+            f"{format_bytes(usable)} usable memory ({where}) holds {fit} workers of "
+            f"{format_bytes(need_each - WORKER_OVERHEAD)}, not {workers}: running {fit}"
+        )
+        workers = int(fit)
     if memory_per_worker is not None:
-        fit = usable // (memory_per_worker + WORKER_OVERHEAD)
-        if fit < 1:
-            raise ResourceError(
-                f"memory_limit_per_worker={format_bytes(memory_per_worker)} fits no worker: "
-                f"{format_bytes(usable)} usable ({node.sources.get('memory', 'detected')}, "
-                f"{int(MEMORY_SAFETY * 100)}% of it, less {format_bytes(WORKER_OVERHEAD)} per worker for its processes)"
-            )
-        if ranks_on_node is not None and fit < workers:
-            raise ResourceError(
-                f"{workers} ranks on this node × {format_bytes(memory_per_worker)} each do not fit in "
-                f"{format_bytes(usable)} usable memory ({node.sources.get('memory', 'detected')}); "
-                f"use at most {fit} ranks per node or less memory per worker"
-            )
-        if fit < workers:
-            warnings.append(
-                f"memory_limit_per_worker={format_bytes(memory_per_worker)} lowers the workers from {workers} to {fit}"
-            )
-            workers = int(fit)
         mem_each = int(memory_per_worker)
     else:
-        mem_each = max(64 * 1024**2, usable // workers - WORKER_OVERHEAD)
+        mem_each = usable // workers - WORKER_OVERHEAD
+    sources = dict(node.sources)
+    if mpi:
+        sources["cores"] = node.sources.get("node_cores", node.sources.get("cores", "detected"))
     return Layout(
         workers=workers,
         threads_per_worker=threads,
         memory_per_worker=mem_each,
-        cores=node.cores,
+        cores=cores_here,
         memory=node.memory,
-        sources=dict(node.sources),
+        sources=sources,
         warnings=warnings,
     )

@@ -7,12 +7,14 @@ every rank does, and in which order — are read in one place.)
 
 MPI phases (every rank calls ``compute()``):
 
-1. all ranks: check the world matches the launcher; split a shared-memory communicator to count
-   the ranks on each node (memory and cores are shared among them);
+1. all ranks: check the world matches the launcher; meet (without spinning) and duplicate the
+   world, so the run's messages never mix with the caller's own traffic; split a shared-memory
+   communicator to count the ranks on each node (memory and cores are shared among them);
 2. rank 0 plans; :func:`~qcmb_hpc.transport.mpi.quiet_bcast` sends ``("SETUP", spec, n_workers)``
    — or ``("ERROR", exc)`` for a bad input, which every rank then raises;
 3. ranks 1..n work (spare ranks skip), rank 0 coordinates;
-4. rank 0 assembles and broadcasts ``("RESULT", result)`` or ``("ERROR", exc)``.
+4. rank 0 assembles and broadcasts ``("RESULT", result)`` (always v2: a v1 result does not pickle;
+   every rank converts it back) or ``("ERROR", exc)``.
 
 An unexpected exception on any rank prints the rank and the error and calls ``MPI_Abort``: the job
 ends in seconds instead of hanging, and the journal holds everything finished.
@@ -147,7 +149,7 @@ def make_spec(plan: Plan, config: ParallelConfig, layout: Layout) -> RunSpec:
         imports=list(config.imports),
         threads_per_worker=layout.threads_per_worker,
         memory_per_worker=layout.memory_per_worker,
-        scratch_root=scratch_root(config.scratch_directory),
+        scratch_root=config.scratch_directory,  # None: each worker resolves $SLURM_TMPDIR/$TMPDIR on its node
         keep_scratch=config.keep_scratch,
         timeout=config.timeout_per_fragment,
         isolate=config.isolate_fragments,
@@ -209,13 +211,12 @@ def _local_layout(config: ParallelConfig, mode: ParallelMode, n_tasks: int) -> L
                 max_workers=config.max_workers,
                 threads_per_worker=config.threads_per_worker,
                 memory_per_worker=config.memory_per_worker_bytes,
+                tasks=max(1, n_tasks),
             )
     except ResourceError as exc:
         raise InputDataError(str(exc)) from None
     for w in layout.warnings:
         logger.warning("%s", w)
-    if layout.workers > max(1, n_tasks):
-        layout.workers = max(1, n_tasks)
     layout.scratch = scratch_root(config.scratch_directory)
     return layout
 
@@ -335,6 +336,12 @@ def _coordinator(plan, config, endpoint, spec, journal, restored, tracker, cost)
 
 
 def _abort(comm: Any, where: str, exc: BaseException) -> None:  # pragma: no cover - ends the process
+    """End the whole MPI job from this rank: one line for a user-fixable problem found on this rank
+    only (e.g. its node's memory cannot hold its workers; exit 2), the traceback for anything else."""
+    if isinstance(exc, InputDataError):
+        sys.stderr.write(f"qcmb_hpc: error: rank {comm.Get_rank()} ({where}): {exc}\n")
+        sys.stderr.flush()
+        comm.Abort(2)
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     sys.stderr.write(f"qcmb_hpc: rank {comm.Get_rank()} ({where}) failed; aborting the MPI job:\n{text}\n")
     sys.stderr.flush()
@@ -356,7 +363,7 @@ def _node_ranks(comm: Any) -> Tuple[int, bool]:
 
 def run_mpi(computer: Any, config: ParallelConfig, reporter: Optional[ProgressReporter], fresh: bool, broadcast_result: bool) -> Any:
     """Every rank calls this; rank 0 returns the result (other ranks too if ``broadcast_result``)."""
-    from .transport.mpi import MpiCoordinatorEndpoint, MpiWorkerEndpoint, check_world, quiet_bcast, world
+    from .transport.mpi import check_world, quiet_barrier, world
 
     try:
         comm = world()
@@ -366,15 +373,45 @@ def run_mpi(computer: Any, config: ParallelConfig, reporter: Optional[ProgressRe
         logger.warning("MPI mode needs mpi4py (%s); continuing sequentially (fallback_to_sequential)", exc)
         return computer._compute_local(ParallelMode.SEQUENTIAL, fresh)
     check_world(comm)
-    rank, size = comm.Get_rank(), comm.Get_size()
-    if size == 1:
+    if comm.Get_size() == 1:
         logger.info("MPI world of one rank: running sequentially")
         return computer._compute_local(ParallelMode.SEQUENTIAL, fresh)
-    ranks_here, root_here = _node_ranks(comm)
-    n_workers = min(size - 1, config.max_workers or size - 1)
-    if rank != 0:
-        return _mpi_worker(comm, config, ranks_here - (1 if root_here else 0), n_workers, broadcast_result)
+    # Meet without spinning (ranks may call compute() seconds apart), then work on a private
+    # duplicate of the world: messages of this run can never be taken for the caller's own traffic
+    # on COMM_WORLD (or for a previous run's), nor the other way round.
+    quiet_barrier(comm)
+    comm = comm.Dup()
+    try:
+        result = _run_mpi(comm, computer, config, reporter, fresh, broadcast_result)
+    finally:
+        comm.Free()
+    # the result crosses ranks as v2 (a v1 ManyBodyResult does not pickle); every rank converts
+    if result is not None and getattr(computer, "input_schema_version", 2) == 1:
+        result = result.convert_v(1)
+    return result
 
+
+def _tell(comm: Any, msg: Tuple[Any, ...], where: str) -> None:
+    """Rank 0 broadcasts ``msg`` to the ranks waiting for it; if that fails (e.g. it does not
+    pickle) they would wait forever, so the job is aborted instead."""
+    from .transport.mpi import quiet_bcast
+
+    try:
+        quiet_bcast(comm, msg)
+    except BaseException as exc:
+        _abort(comm, where, exc)
+        raise
+
+
+def _run_mpi(comm: Any, computer: Any, config: ParallelConfig, reporter: Optional[ProgressReporter], fresh: bool, broadcast_result: bool) -> Any:
+    from .transport.mpi import MpiCoordinatorEndpoint
+
+    rank, size = comm.Get_rank(), comm.Get_size()
+    ranks_here, root_here = _node_ranks(comm)
+    if rank != 0:
+        return _mpi_worker(comm, config, ranks_here - (1 if root_here else 0), broadcast_result)
+
+    n_workers = min(size - 1, config.max_workers or size - 1)  # rank 0 decides, and tells the others
     t0 = time.perf_counter()
     try:
         plan = computer._plan()
@@ -387,15 +424,17 @@ def run_mpi(computer: Any, config: ParallelConfig, reporter: Optional[ProgressRe
         spec.threads_per_worker = config.threads_per_worker or 0  # 0: each rank decides from its node
         spec.memory_per_worker = config.memory_per_worker_bytes
     except QCMBError as exc:
-        quiet_bcast(comm, ("ERROR", exc))
+        _tell(comm, ("ERROR", exc), "planning")
         raise
     except BaseException as exc:
         _abort(comm, "planning", exc)
         raise
-    quiet_bcast(comm, ("SETUP", spec, n_workers))
+    _tell(comm, ("SETUP", spec, n_workers), "sending the run specification")
     logger.info(
         "qcmb_hpc: mpi, %d worker ranks of %d (%d on this node), %s", n_workers, size, max(0, ranks_here - 1), layout.describe()
     )
+    version = getattr(computer, "input_schema_version", 2)
+    told = False  # whether the other ranks have been told (then they raise the same error)
     try:
         endpoint = MpiCoordinatorEndpoint(comm, n_workers)
         tracker = ProgressTracker(reporter, [t.nbody for t in plan.tasks])
@@ -409,21 +448,31 @@ def run_mpi(computer: Any, config: ParallelConfig, reporter: Optional[ProgressRe
             with contextlib.suppress(OSError):
                 cost.save(config.cost_history)
         info = RunInfo(mode="mpi", workers=n_workers, layout=layout, wall=time.perf_counter() - t0)
+        if version == 1:
+            computer.input_schema_version = 2  # v2 travels (v1 does not pickle); run_mpi converts on every rank
         try:
             result = computer._assemble(plan, outcome, atomic, info)
         except QCMBError as exc:
-            quiet_bcast(comm, ("ERROR", exc))
+            told = True
+            _tell(comm, ("ERROR", exc), "sending the error")
             raise
-    except QCMBError:
+        finally:
+            if version == 1:
+                computer.input_schema_version = version
+    except QCMBError as exc:
+        if not told:  # raised while the workers still work: they would never hear of it
+            _abort(comm, "coordinator", exc)
         raise
     except BaseException as exc:
         _abort(comm, "coordinator", exc)
         raise
-    quiet_bcast(comm, ("RESULT", result if broadcast_result else None))
+    _tell(comm, ("RESULT", result if broadcast_result else None), "sending the result")
     return result
 
 
-def _mpi_layout(config: ParallelConfig, workers_here: int) -> Layout:
+def _mpi_layout(config: ParallelConfig, workers_here: int, log: bool = True) -> Layout:
+    """This rank's node: threads and memory for each of the ``workers_here`` worker ranks there
+    (only rank 0 logs its warnings)."""
     node = detect_node()
     try:
         layout = plan_layout(
@@ -434,26 +483,46 @@ def _mpi_layout(config: ParallelConfig, workers_here: int) -> Layout:
         )
     except ResourceError as exc:
         raise InputDataError(str(exc)) from None
+    if log:
+        for w in layout.warnings:
+            logger.warning("%s", w)
     layout.scratch = scratch_root(config.scratch_directory)
     return layout
 
 
-def _mpi_worker(comm: Any, config: ParallelConfig, workers_here: int, n_workers: int, broadcast_result: bool) -> Any:
+def _mpi_worker(comm: Any, config: ParallelConfig, workers_here: int, broadcast_result: bool) -> Any:
+    # the coordinator decides when to stop (the launcher forwards these signals to every rank):
+    # ignored while this runs, the caller's handlers are back afterwards
+    previous: Dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for name in STOP_SIGNALS:
+            sig = getattr(signal, name)
+            previous[sig] = signal.signal(sig, signal.SIG_IGN)
+    try:
+        return _mpi_worker_run(comm, config, workers_here)
+    finally:
+        for sig, prev in previous.items():
+            if prev is not None:
+                signal.signal(sig, prev)
+
+
+def _mpi_worker_run(comm: Any, config: ParallelConfig, workers_here: int) -> Any:
     from .transport.mpi import MpiWorkerEndpoint, quiet_bcast
     from .worker import Worker
 
     rank = comm.Get_rank()
-    # the coordinator decides when to stop; the launcher forwards these signals to every rank
-    for name in STOP_SIGNALS:
-        signal.signal(getattr(signal, name), signal.SIG_IGN)
-    kind, *rest = quiet_bcast(comm)
+    try:
+        kind, *rest = quiet_bcast(comm)
+    except BaseException as exc:
+        _abort(comm, f"rank {rank} receiving the run specification", exc)
+        raise
     if kind == "ERROR":
         raise rest[0]
-    spec, _ = rest
+    spec, n_workers = rest  # rank 0's count: a rank must not decide from its own settings whether it works
     try:
         if rank - 1 < n_workers:
             # each rank fits itself to its own node: threads and memory are shared by the ranks there
-            layout = _mpi_layout(config, workers_here)
+            layout = _mpi_layout(config, workers_here, log=False)
             if not spec.threads_per_worker:
                 spec.threads_per_worker = layout.threads_per_worker
             if not spec.memory_per_worker:
@@ -464,10 +533,10 @@ def _mpi_worker(comm: Any, config: ParallelConfig, workers_here: int, n_workers:
             worker._setup(spec, rank - 1)
             worker.run()
             endpoint.flush()
+        kind, payload = quiet_bcast(comm)
     except BaseException as exc:
-        _abort(comm, f"worker {rank - 1}", exc)
+        _abort(comm, f"worker {rank - 1}" if rank - 1 < n_workers else f"rank {rank} waiting for the result", exc)
         raise
-    kind, payload = quiet_bcast(comm)
     if kind == "ERROR":
         raise payload
     return payload

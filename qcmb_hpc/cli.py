@@ -180,14 +180,23 @@ def _setup_logging(level: str) -> None:
 
 
 def _rank() -> int:
-    """This process's MPI rank if mpi4py is already initialised, else 0 (no import: that would init MPI)."""
+    """This process's MPI rank: from mpi4py once MPI is initialised, else from the launcher's
+    variables (so an error found before MPI starts is printed by rank 0 only). Never imports
+    mpi4py (that would initialise MPI)."""
     mod = sys.modules.get("mpi4py.MPI")
-    if mod is None:
-        return 0
-    try:
-        return mod.COMM_WORLD.Get_rank() if mod.Is_initialized() else 0
-    except Exception:
-        return 0
+    if mod is not None:
+        try:
+            if mod.Is_initialized() and not mod.Is_finalized():
+                return mod.COMM_WORLD.Get_rank()
+        except Exception:
+            pass
+    for var in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    if os.environ.get("SLURM_STEP_ID") not in (None, "", "batch", "extern", "4294967294", "4294967295"):
+        if os.environ.get("SLURM_PROCID", "").isdigit():
+            return int(os.environ["SLURM_PROCID"])
+    return 0
 
 
 def _fail(code: int, message: str) -> int:

@@ -84,14 +84,34 @@ def _is_mpi_variable(name: str) -> bool:
     return name.startswith(MPI_ENV_PREFIXES)
 
 
+#: set for the QC program after cleaning: an Open MPI program (Debian's NWChem) started as a
+#: singleton runs without starting an ``orted`` daemon, which otherwise fails now and then when
+#: several start at once ("ompi_rte_init: Unable to start a daemon on the local node")
+SINGLETON_ENVIRONMENT = {"OMPI_MCA_ess_singleton_isolated": "1"}
+
+
+def _clean_environ() -> Dict[str, str]:
+    """Remove the launcher's variables from ``os.environ``; set :data:`SINGLETON_ENVIRONMENT`.
+    Returns what to put back (None: was unset)."""
+    saved = {k: os.environ.pop(k) for k in [k for k in os.environ if _is_mpi_variable(k)]}
+    for k, v in SINGLETON_ENVIRONMENT.items():
+        saved.setdefault(k, os.environ.get(k))  # type: ignore[arg-type]
+        os.environ[k] = v
+    return saved
+
+
 @contextlib.contextmanager
 def clean_mpi_environment() -> Iterator[None]:
     """Remove the MPI launcher's variables from ``os.environ`` while the engine runs (restored after)."""
-    removed = {k: os.environ.pop(k) for k in [k for k in os.environ if _is_mpi_variable(k)]}
+    saved = _clean_environ()
     try:
         yield
     finally:
-        os.environ.update(removed)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _extract_properties(result: Any) -> Dict[str, Any]:
@@ -212,8 +232,7 @@ def _child_main(conn: Any, spec: RunSpec, task_config: Dict[str, Any], close: Li
         # warning (USR1) must not cut a fragment; the coordinator stops the run gracefully instead
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
         _watch_parent(os.getppid())
-        for k in [k for k in os.environ if _is_mpi_variable(k)]:
-            del os.environ[k]
+        _clean_environ()
         set_thread_environment(spec.threads_per_worker)
         while True:
             try:

@@ -8,7 +8,9 @@
 * The run specification and the final result are broadcast (a tree, not N sends) by
   :func:`quiet_bcast`: ranks wait in a non-blocking barrier with the same backoff, then ``bcast``.
 * :func:`check_world` refuses a world that does not match the launcher (a launcher from another
-  MPI gives N one-rank worlds that would each run the whole job).
+  MPI gives N one-rank worlds that would each run the whole job); :func:`check_library` refuses,
+  before ``MPI_Init``, a launcher the library cannot talk to at all (MPICH under Open MPI's
+  ``mpiexec``: its ``MPI_Init`` would abort with a message that does not say what to do).
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ __all__ = [
     "world",
     "launcher_size",
     "check_world",
+    "foreign_launcher",
+    "check_library",
+    "quiet_barrier",
     "quiet_bcast",
     "MpiWorkerEndpoint",
     "MpiCoordinatorEndpoint",
@@ -37,13 +42,62 @@ MAX_WAIT = 1e-3
 
 
 def world() -> Any:
-    """``MPI.COMM_WORLD`` (imports mpi4py, which initialises MPI)."""
+    """``MPI.COMM_WORLD`` (imports mpi4py, which initialises MPI).
+
+    Started by a launcher the MPI library may not speak to (Open MPI's ``mpiexec`` or a PMIx
+    launcher), MPI is initialised only after :func:`check_library` has looked at the library: an
+    MPICH ``MPI_Init`` under Open MPI's ``mpiexec`` aborts the process with a message that does not
+    say what to do."""
+    import sys
+
     import mpi4py
 
     mpi4py.rc.threads = False  # no MPI threading: MPI calls come from the main thread only
+    if "mpi4py.MPI" not in sys.modules and foreign_launcher() is not None:
+        mpi4py.rc.initialize = False  # look before MPI_Init ...
+        mpi4py.rc.finalize = True  # ... and still finalize at exit once initialised here
     from mpi4py import MPI
 
+    if not MPI.Is_initialized() and not MPI.Is_finalized():
+        check_library(MPI.Get_library_version())
+        MPI.Init()
     return MPI.COMM_WORLD
+
+
+def foreign_launcher(environ: Optional[Mapping[str, str]] = None) -> Optional[str]:
+    """The launcher, if it is one an MPICH-family library cannot talk to through PMI: Open MPI's
+    ``mpiexec``/``mpirun`` or another PMIx-only launcher (``srun --mpi=pmix``, ``prterun``)."""
+    environ = os.environ if environ is None else environ
+    if "OMPI_COMM_WORLD_SIZE" in environ:
+        return "Open MPI's mpiexec/mpirun"
+    if "PMIX_RANK" in environ and not any(v in environ for v in ("PMI_FD", "PMI_PORT", "PMI_RANK")):
+        return "a PMIx launcher (srun --mpi=pmix, prterun)"
+    return None
+
+
+def check_library(library_version: str, environ: Optional[Mapping[str, str]] = None) -> None:
+    """Refuse, before ``MPI_Init``, an MPICH library built without PMIx (as the ``mpich`` wheel is)
+    under a launcher that only speaks PMIx (see :func:`foreign_launcher`). Anything else (Open MPI,
+    Intel MPI, MVAPICH, an MPICH configured with PMIx) is left to :func:`check_world`."""
+    launcher = foreign_launcher(environ)
+    if launcher is None:
+        return
+    text = library_version or ""
+    if not text.lstrip().startswith("MPICH Version") or "pmix" in text.lower():
+        return
+    import sys
+
+    from ..errors import ParallelExecutionError
+
+    n = launcher_size(environ)
+    first = " ".join(text.strip().splitlines()[0].split())
+    local = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    hint = f"{local}" if os.path.exists(local) else "the mpiexec of that MPI (e.g. the one the `mpich` wheel installs)"
+    raise ParallelExecutionError(
+        f"this process was started by {launcher}{f' with {n} ranks' if n else ''}, but mpi4py uses "
+        f"{first!r}, which cannot talk to that launcher (its MPI_Init would abort): the mpiexec/srun in use "
+        f"does not match the MPI mpi4py was built with; launch with {hint}, or `srun --mpi=pmi2` under Slurm"
+    )
 
 
 def launcher_size(environ: Optional[Mapping[str, str]] = None) -> Optional[int]:
@@ -82,6 +136,11 @@ def _backoff_wait(test: Any) -> None:
     while not test():
         time.sleep(wait)
         wait = min(wait * 2, MAX_WAIT)
+
+
+def quiet_barrier(comm: Any) -> None:
+    """``comm.Barrier()`` without busy-waiting (a non-blocking barrier polled with a backoff)."""
+    _backoff_wait(comm.Ibarrier().Test)
 
 
 def quiet_bcast(comm: Any, obj: Any = None, root: int = 0) -> Any:

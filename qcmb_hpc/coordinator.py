@@ -161,7 +161,8 @@ class Coordinator:
             else:
                 wait = min(max(wait * 2, 1e-5), max_wait)
             if self.stop_deadline is None:
-                self._dispatch()
+                if msgs:  # nothing changed otherwise: an idle wait stays cheap (idle-rank CPU)
+                    self._dispatch()
             elif not self.stop_sent and (self._all_idle() or self.clock() >= self.stop_deadline):
                 self._send_stop()
         if not self.stop_sent:
@@ -208,10 +209,14 @@ class Coordinator:
                 self.ready.add(wid)
                 self._dirty.add(wid)
                 self.out.workers.setdefault(wid, {}).update(msg[1])
+                # a worker running fragments inline reads a STEAL only between fragments
+                self.scheduler.set_responsive(wid, bool(msg[1].get("isolated", True)))
             elif kind == T.RETURNED:
                 thief, ids = self.scheduler.returned(wid, msg[1], msg[2] if len(msg) > 2 else ())
-                if thief is not None and ids:
-                    self.endpoint.send(thief, (T.TASKS, [self.tasks[t].wire() for t in ids]))
+                if thief is not None:
+                    if ids:
+                        self.endpoint.send(thief, (T.TASKS, [self.tasks[t].wire() for t in ids]))
+                    self._dirty.add(thief)  # refused, it holds nothing: it must look for work again
                 self._dirty.add(wid)
             elif kind == T.BYE:
                 self.said_bye.add(wid)
@@ -301,14 +306,13 @@ class Coordinator:
     def _refit(self) -> None:
         if not self.cost_model.refit():
             return
-        pending = [t for t in self.unresolved]
-        costs = {}
-        for tid in pending:
-            t = self.tasks[tid]
-            t.cost = self.cost_model.estimate(t.mc, t.real, t.basis)
-            costs[tid] = t.cost
+        # new estimates only if the refit changed their order (else None): re-estimating every
+        # pending fragment at every refit was O(fragments) each time
+        costs = self.cost_model.reestimate(self.tasks[tid] for tid in self.unresolved)
+        if costs is None:
+            return
         self.scheduler.reorder(costs)
-        logger.debug("cost model refit after %d results; %d pending tasks re-ordered", self._results_seen, len(pending))
+        logger.debug("cost model refit after %d results; %d pending tasks re-ordered", self._results_seen, len(costs))
 
     def _dispatch(self) -> None:
         """Top up the workers whose state changed; then let idle workers take (or steal) work while

@@ -9,7 +9,8 @@ Before anything runs, a fragment's cost is estimated as
   Exchange when it knows the basis, else with a per-element table scaled by the basis' zeta level;
   for methods without a basis (dispersion, force fields, semi-empirical) the number of real atoms.
 * ``b`` — the method's scaling exponent (:data:`METHOD_EXPONENTS`: HF/DFT 3.5, MP2 5, CCSD 6,
-  CCSD(T) 7, dispersion/semi-empirical 2, anything else :data:`DEFAULT_EXPONENT`).
+  CCSD(T) 7, dispersion/semi-empirical 2, anything else :data:`DEFAULT_EXPONENT`; dispersion and
+  semi-empirical *programs*, :data:`PROGRAM_EXPONENTS`, 2 whatever the method is called).
 * ``driver_factor`` — energy 1, gradient 2, Hessian 8.
 * ``a`` — 1e-6 s until calibrated.
 
@@ -17,7 +18,9 @@ Calibration: every run records ``(x, measured seconds)`` per (program, method, d
 least-squares line in log–log space gives ``a`` and ``b`` (``b`` only with enough spread in ``x``,
 clamped to [0.5, 8]). Fits are kept in a cost-history file (``ParallelConfig.cost_history``) that
 later runs start from; during a run the model refits as measurements arrive and the coordinator
-re-orders the remaining queue. :func:`spearman` measures how well estimates ranked the real times.
+re-orders the remaining queue when the refit changes the order of the estimates (:meth:`CostModel.
+reestimate`: decided among the few (method, size) groups, not per fragment). :func:`spearman`
+measures how well estimates ranked the real times.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 __all__ = [
     "METHOD_EXPONENTS",
+    "PROGRAM_EXPONENTS",
     "DEFAULT_EXPONENT",
     "DRIVER_FACTORS",
     "method_exponent",
@@ -47,23 +51,37 @@ DEFAULT_EXPONENT = 4.0
 DEFAULT_PREFACTOR = 1e-6
 DRIVER_FACTORS = {"energy": 1.0, "gradient": 2.0, "hessian": 8.0, "properties": 1.0}
 
-#: (regular expression on the lower-case method name, scaling exponent); first match wins
+#: (regular expression on the lower-case method name, scaling exponent); first match wins. A
+#: dispersion suffix does not make a DFT method cheap ("b3lyp-d3bj" in NWChem or Psi4 is DFT); the
+#: dispersion *programs* are told apart by :data:`PROGRAM_EXPONENTS`.
 METHOD_EXPONENTS: List[Tuple[str, float]] = [
     (r"ccsd\(t\)|ccsd\[t\]|ccsdt|cc3", 7.0),
     (r"ccsd|cc2|eom|cisd|qcisd", 6.0),
     (r"mp4", 7.0),
     (r"mp3", 6.0),
+    (r"^mp2d", 2.0),  # the MP2D dispersion correction, not MP2
     (r"mp2|ri-mp2|dlpno|lmp2|scs", 5.0),
-    (r"-d3|-d4|^d3|^d4|dftd|disp|gcp|^mp2d|^xtb|gfn|^pm\d|^am1|^mndo|^rm1|uff|mmff|^ani|^mace|^orb|aimnet", 2.0),
-    (r"^hf$|^scf$|^rhf|^uhf|^rohf|b3lyp|pbe|blyp|tpss|m06|wb97|b97|svwn|lda|bp86|r2scan|scan|cam|^dft", 3.5),
+    (r"^hf|^scf|^rhf|^uhf|^rohf|b3lyp|pbe|blyp|tpss|m06|wb97|b97|svwn|lda|bp86|r2scan|scan|cam|^dft", 3.5),
+    (r"^d3|^d4|dftd|disp|gcp|^xtb|gfn|^pm\d|^am1|^mndo|^rm1|uff|mmff|^ani|^mace|^orb|aimnet", 2.0),
 ]
+
+#: programs whose cost follows the program, not the method name (dispersion corrections, whose
+#: "method" names a functional; semi-empirical codes, force fields, ML potentials): exponent 2
+PROGRAM_EXPONENTS: Dict[str, float] = {
+    p: 2.0
+    for p in ("dftd3", "s-dftd3", "dftd4", "mp2d", "gcp", "mctc-gcp", "xtb", "mopac", "openmm", "rdkit", "torchani", "aimnet2", "mace")
+}
 
 #: basis functions per element when the Basis Set Exchange does not know the basis (double zeta)
 _FALLBACK_NBF_DZ = {1: 5, 2: 5}  # H, He
 _ZETA = [(r"(^|[^a-z])(5z|v5z|pv5z|qz5)", 7.0), (r"qz|v4z|4z", 4.5), (r"tz|v3z|3z|311", 2.3), (r"sto|minimal|mini", 0.4)]
 
 
-def method_exponent(method: str) -> float:
+def method_exponent(method: Optional[str], program: Optional[str] = None) -> float:
+    """The scaling exponent of ``method`` (run by ``program``): see :data:`METHOD_EXPONENTS` and
+    :data:`PROGRAM_EXPONENTS`; :data:`DEFAULT_EXPONENT` for anything unknown (never an error)."""
+    if program and program.strip().lower() in PROGRAM_EXPONENTS:
+        return PROGRAM_EXPONENTS[program.strip().lower()]
     m = (method or "").strip().lower()
     for pattern, exponent in METHOD_EXPONENTS:
         if re.search(pattern, m):
@@ -213,6 +231,11 @@ class CostModel:
         self._frag_nbf: Dict[Optional[str], List[float]] = {}
         for basis in set(self.basis.values()):
             self._frag_nbf[basis] = [basis_functions([numbers[i] for i in f], basis) for f in molecule.fragments]
+        # 1-based lookups (fragment numbers are 1-based): size() is one C-level sum, no cache needed
+        self._atoms_1 = [0.0] + [float(a) for a in self._frag_atoms]
+        self._nbf_1 = {b: [0.0] + v for b, v in self._frag_nbf.items()}
+        #: (key, size) → the estimate last handed out for fragments of that group (see reestimate)
+        self._issued: Dict[Tuple[Key, float], float] = {}
         if history:
             self.load(history)
 
@@ -221,16 +244,15 @@ class CostModel:
         """The x the method scales with (see module docstring)."""
         b = self.basis.get(mc)
         if b is None:
-            return float(sum(self._frag_atoms[f - 1] for f in real))
-        nbf = self._frag_nbf[b]
-        return float(sum(nbf[f - 1] for f in basis_frags))
+            return float(sum(map(self._atoms_1.__getitem__, real)))
+        return float(sum(map(self._nbf_1[b].__getitem__, basis_frags)))
 
     def fit_for(self, key: Key) -> Fit:
         fit = self.fits.get(key)
         if fit is not None:
             return fit
         program, method, driver = key
-        return Fit(DEFAULT_PREFACTOR * DRIVER_FACTORS.get(driver, 1.0), method_exponent(method), 0)
+        return Fit(DEFAULT_PREFACTOR * DRIVER_FACTORS.get(driver, 1.0), method_exponent(method, program), 0)
 
     def estimate(self, mc: str, real: Sequence[int], basis_frags: Sequence[int]) -> float:
         return self.fit_for(self.keys[mc])(self.size(mc, real, basis_frags))
@@ -238,10 +260,55 @@ class CostModel:
     def estimate_tasks(self, tasks: Iterable[Any]) -> Dict[int, float]:
         """Estimates for FragmentTasks (also stored on them)."""
         out = {}
+        issued = self._issued
         for t in tasks:
-            t.cost = self.estimate(t.mc, t.real, t.basis)
+            key = self.keys[t.mc]
+            x = self.size(t.mc, t.real, t.basis)
+            t.cost = self.fit_for(key)(x)
+            issued[(key, x)] = t.cost
             out[t.id] = t.cost
         return out
+
+    def reestimate(self, tasks: Iterable[Any]) -> Optional[Dict[int, float]]:
+        """After a :meth:`refit`: new estimates for ``tasks`` (FragmentTasks, also stored on them)
+        if the refit changed the *order* of the estimates, else None (nothing to re-sort).
+
+        Fragments with the same program, method, driver and size get the same estimate, so the
+        order is decided among these groups — a handful, however many fragments there are. A refit
+        of one method's power law never changes the order of its own fragments (``a·x^b`` with
+        b > 0 is increasing); it can reorder fragments of different model chemistries. When the
+        order holds, the scheduler keeps the old figures (O(groups) instead of O(fragments) per
+        refit: at ~680k fragments, re-estimating them all at every refit was most of the
+        coordinator's time)."""
+        issued = self._issued
+        if issued and not self._order_changed():
+            return None
+        out: Dict[int, float] = {}
+        fresh: Dict[Tuple[Key, float], float] = {}
+        for t in tasks:
+            key = self.keys[t.mc]
+            x = self.size(t.mc, t.real, t.basis)
+            g = (key, x)
+            c = fresh.get(g)
+            if c is None:
+                c = fresh[g] = self.fit_for(key)(x)
+            t.cost = c
+            out[t.id] = c
+        issued.update(fresh)
+        for g in issued:  # groups with nothing pending: keep their estimate current too
+            if g not in fresh:
+                issued[g] = self.fit_for(g[0])(g[1])
+        return out
+
+    def _order_changed(self) -> bool:
+        groups = sorted(self._issued, key=lambda g: self._issued[g])
+        new = {g: self.fit_for(g[0])(g[1]) for g in groups}
+        for g1, g2 in zip(groups, groups[1:]):
+            o1, o2 = self._issued[g1], self._issued[g2]
+            n1, n2 = new[g1], new[g2]
+            if (o1 == o2) != (n1 == n2) or (o1 < o2 and not n1 < n2):
+                return True
+        return False
 
     # -- calibration ------------------------------------------------------------------------------
     def observe(self, mc: str, real: Sequence[int], basis_frags: Sequence[int], seconds: float) -> None:
@@ -261,7 +328,7 @@ class CostModel:
                 continue
             if len(samples) > MAX_SAMPLES_PER_KEY:
                 samples[:] = samples[-MAX_SAMPLES_PER_KEY:]
-            fit = fit_power_law(samples, method_exponent(key[1]))
+            fit = fit_power_law(samples, method_exponent(key[1], key[0]))
             if fit is not None:
                 self.fits[key] = fit
                 self._last_fit_n[key] = n
@@ -306,7 +373,7 @@ class CostModel:
         fits = {}
         for kstr, samples in merged.items():
             key = tuple(kstr.split("|"))
-            fit = fit_power_law(samples, method_exponent(key[1]) if len(key) == 3 else DEFAULT_EXPONENT)
+            fit = fit_power_law(samples, method_exponent(key[1], key[0]) if len(key) == 3 else DEFAULT_EXPONENT)
             if fit:
                 fits[kstr] = {"prefactor": fit.prefactor, "exponent": fit.exponent, "n": fit.n}
         data = {"format": "qcmb_hpc-cost-history", "version": 1, "fits": fits, "samples": merged}

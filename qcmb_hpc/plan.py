@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
+import numpy as np
 from qcmanybody import ManyBodyCore
 from qcmanybody.utils import delabeler, labeler
 
@@ -113,6 +114,14 @@ def specifications_from_input(input_model: Any, driver: Any) -> Dict[str, Dict[s
         specifications[mtd]["specification"]["driver"] = driver
         specifications[mtd]["specification"].pop("schema_name", None)
     return specifications
+
+
+def worker_parent(molecule: Any) -> Any:
+    """The parent molecule as shipped to workers: identical, with its masses and real flags stored.
+    (``Molecule.masses`` recomputes every mass from the periodic table on each access when they are
+    not stored, and ``get_fragment`` reads it once per atom: O(parent atoms × fragment atoms) per
+    fragment, most of the time it takes to build one. The fragments come out the same.)"""
+    return molecule.model_copy(update={"masses_": np.asarray(molecule.masses), "real_": np.asarray(molecule.real)})
 
 
 def build_fragment_molecule(parent: Any, real: Tuple[int, ...], basis: Tuple[int, ...], embedding_charges=None):

@@ -38,7 +38,7 @@ from .config import ParallelConfig, ParallelMode
 from .coordinator import Coordinator, RunOutcome, WorkerLostError
 from .cost import CostModel
 from .errors import InputDataError, ParallelExecutionError, QCMBError
-from .plan import Plan, RunSpec
+from .plan import Plan, RunSpec, worker_parent
 from .progress import ConsoleProgressReporter, MultiProgressReporter, ProgressReporter, ProgressTracker
 from .resources import Layout, ResourceError, detect_node, plan_layout
 from .worker import import_modules, scratch_root
@@ -142,7 +142,7 @@ def open_journal(config: ParallelConfig, plan: Plan, fresh: bool = False) -> Tup
 
 def make_spec(plan: Plan, config: ParallelConfig, layout: Layout) -> RunSpec:
     return RunSpec(
-        molecule=plan.core.molecule,
+        molecule=worker_parent(plan.core.molecule),
         specifications=plan.specifications,
         embedding_charges=plan.core.embedding_charges or None,
         keep_atomic_results=plan.keep_atomic_results,

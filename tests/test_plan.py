@@ -3,7 +3,7 @@ identical to those of ``ManyBodyCore.iterate_molecules()``."""
 
 import pytest
 
-from qcmb_hpc.plan import build_atomic_input, build_fragment_molecule, build_tasks, input_fingerprint, make_plan
+from qcmb_hpc.plan import build_atomic_input, build_fragment_molecule, build_tasks, input_fingerprint, make_plan, worker_parent
 from qcmb_hpc.testing.inputs import many_body_input, water_cluster
 
 INPUTS = {
@@ -29,9 +29,13 @@ def test_labels_and_molecules_match_iterate_molecules(name):
     assert [t.label for t in plan.tasks] == [label for _, label, _ in upstream]
     assert [t.mc for t in plan.tasks] == [mc for mc, _, _ in upstream]
     assert [t.id for t in plan.tasks] == list(range(len(upstream)))
+    shipped = worker_parent(plan.core.molecule)
+    assert shipped.model_dump() == plan.core.molecule.model_dump() or shipped == plan.core.molecule
     for task, (_, _, mol) in zip(plan.tasks, upstream):
-        built = build_fragment_molecule(plan.core.molecule, task.real, task.basis)
-        assert built == mol, task.label
+        for parent in (plan.core.molecule, shipped):
+            built = build_fragment_molecule(parent, task.real, task.basis)
+            assert built == mol, task.label
+            assert built.serialize("json") == mol.serialize("json"), task.label
         assert task.natoms_real + task.natoms_ghost == len(mol.symbols)
         assert task.nbody == len(task.real)
 

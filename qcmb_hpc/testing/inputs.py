@@ -42,6 +42,8 @@ def water_cluster(n: int, spacing: float = 2.9, seed: int = 7) -> Any:
         symbols=symbols,
         geometry=np.concatenate(geom) / 0.52917721067,  # Å → bohr
         fragments=fragments,
+        fragment_charges=[0.0] * len(fragments),  # given, qcelemental need not search for them
+        fragment_multiplicities=[1] * len(fragments),  # (that search takes minutes past ~20 waters)
         molecular_charge=0,
         molecular_multiplicity=1,
         fix_com=True,

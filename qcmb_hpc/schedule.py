@@ -163,6 +163,7 @@ class Scheduler:
         self.queue: List[Tuple[float, int]] = []  # (-cost, id), descending: the next one is last
         self.central: List[Tuple[float, int]] = []  # heap of (-cost, id): requeued work
         self.retry: Deque[Tuple[int, Set[int]]] = collections.deque()  # (id, workers to avoid)
+        self.avoid: Dict[int, Set[int]] = {}  # retried task → workers it failed on
         self.stealing_from: Dict[int, Tuple[int, List[int]]] = {}  # victim → (thief, ids requested)
         self.thieves: Set[int] = set()  # workers waiting for a steal answer
         self.steals = 0  # steals that moved work
@@ -273,8 +274,8 @@ class Scheduler:
 
     def _next_for(self, w: int) -> Optional[int]:
         # retries first, on a worker that has not tried them (unless every worker left has)
-        for k, (tid, avoid) in enumerate(self.retry):
-            if w not in avoid or all(v in avoid for v in self.workers):
+        for k, (tid, _) in enumerate(self.retry):
+            if not self._avoids(tid, w):
                 del self.retry[k]
                 return tid
         plan = self.planned.get(w)
@@ -339,7 +340,9 @@ class Scheduler:
         if not unstarted:
             return None
         k = steal_split([self.costs[t] for t in unstarted])
-        ids = unstarted[-k:]
+        ids = [t for t in unstarted[-k:] if not self._avoids(t, thief)]  # a retry stays off its old workers
+        if not ids:
+            return None
         self.stealing_from[victim] = (thief, ids)
         self._requested[victim] = set(ids)
         self._unstarted[victim] = self._unstarted.get(victim, 0.0) - sum(self.costs[t] for t in ids)
@@ -398,12 +401,23 @@ class Scheduler:
 
     def completed(self, w: int, tid: int) -> None:
         self._remove_sent(w, tid)
+        self.avoid.pop(tid, None)
 
     def failed(self, w: int, tid: int, retry: bool, avoid: Iterable[int] = ()) -> None:
-        """A failed attempt; ``retry`` puts it back first in line, away from the workers in ``avoid``."""
+        """A failed attempt; ``retry`` puts it back first in line, away from the workers in ``avoid``
+        (which neither assignment nor stealing will give it to while another worker is left)."""
         self._remove_sent(w, tid)
         if retry:
-            self.retry.append((tid, set(avoid) | {w}))
+            workers = set(avoid) | {w}
+            self.avoid[tid] = workers
+            self.retry.append((tid, workers))
+        else:
+            self.avoid.pop(tid, None)
+
+    def _avoids(self, tid: int, w: int) -> bool:
+        """Whether ``tid`` should stay away from ``w`` (it failed there, and another worker is left)."""
+        avoid = self.avoid.get(tid)
+        return avoid is not None and w in avoid and not all(v in avoid for v in self.workers)
 
     def requeue(self, ids: Iterable[int]) -> None:
         """Hand tasks out again (a lost worker's, a steal answer nobody waits for): into the shared

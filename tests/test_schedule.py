@@ -365,3 +365,23 @@ def test_refused_thief_is_handed_back_to_be_served_again():
     assert thief == 1 and moved == []  # the caller must look for work for the thief again
     assert 1 not in s.thieves and s.idle(1)
     assert list(s.sent[0]) == [0, 1, 2, 3]
+
+
+def test_retry_is_not_stolen_back_to_a_worker_it_failed_on():
+    """A retried task waiting (unstarted) at worker 1 must not be stolen by idle worker 0, where it
+    failed; once it has failed on every worker, any worker may take it."""
+    from qcmb_hpc.config import LoadBalanceStrategy
+    from qcmb_hpc.schedule import Scheduler
+
+    s = Scheduler({0: 5.0, 1: 1.0, 2: 1.0, 3: 1.0}, [0, 1], LoadBalanceStrategy.DYNAMIC, stealing=True, prefetch=1)
+    assert s.assign(0) == [0, 1]
+    assert s.assign(1) == [2, 3]
+    s.failed(0, 0, retry=True, avoid=[0])  # task 0 failed on worker 0
+    assert s.assign(0) == []  # ... so worker 0 does not get it back
+    s.completed(1, 2)
+    assert s.assign(1) == [0]  # worker 1 does, behind its running task 3
+    s.completed(0, 1)  # worker 0 is idle now
+    assert s.steal(0) is None  # the only unstarted work is task 0: not for worker 0
+    s.completed(1, 3)
+    s.failed(1, 0, retry=True, avoid=[0, 1])  # failed on every worker
+    assert s.assign(0) == [0]

@@ -1,0 +1,77 @@
+"""Workers on one node: long-lived and warm (one process per worker, not per fragment), each with
+its own qcengine task_config (ncores = threads, memory, a private scratch) and thread variables;
+the upstream-compatible entry points; MPI with one rank runs sequentially."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+import probe_engine  # noqa: F401  (registers qcmb_probe in this process; workers inherit it)
+from conftest import HERE, REPO, assert_same_result, quiet, reference
+from qcmb_hpc import ParallelManyBodyComputer
+from qcmb_hpc.plan import make_plan
+from qcmb_hpc.testing.inputs import many_body_input, water_cluster
+
+
+def probes(res):
+    return [r.extras["probe"] for r in res.cluster_results.values()]
+
+
+def test_warm_workers_with_their_own_task_config(tetramer):
+    inp = many_body_input(tetramer, program="qcmb_probe", bsse_type=["cp", "vmfc"], protocols={"cluster_results": "all"})
+    n = len(make_plan(inp).tasks)
+    cfg = quiet(mode="multiprocessing", max_workers=2, memory_limit_per_worker="1GiB", threads_per_worker=1)
+    res = ParallelManyBodyComputer(inp, parallel_config=cfg).compute()
+    assert_same_result(reference(inp), res, exact=True)
+    seen = probes(res)
+    assert len(seen) == n > 10
+    pids = {p["pid"] for p in seen}
+    scratches = {p["scratch_directory"] for p in seen}
+    assert len(pids) <= 2, "a process per fragment, not per worker"
+    assert len(scratches) == len(pids)  # one private scratch per worker
+    for p in seen:
+        assert p["ncores"] == 1 and p["memory"] == 1.0
+        assert p["env"]["OMP_NUM_THREADS"] == p["env"]["MKL_NUM_THREADS"] == p["env"]["OPENBLAS_NUM_THREADS"] == "1"
+        assert p["scratch_writable"]
+    for d in scratches:
+        assert not os.path.exists(d)  # removed at the end
+
+
+def test_from_manybodyinput_like_upstream(trimer):
+    inp = many_body_input(trimer, bsse_type=["nocp", "cp"], driver="gradient")
+    res = ParallelManyBodyComputer.from_manybodyinput(inp, parallel_config=quiet(mode="multiprocessing"))
+    assert_same_result(reference(inp), res, exact=True)
+    comp = ParallelManyBodyComputer.from_manybodyinput(inp, build_tasks=False)
+    assert comp.qcmb_core is not None and comp.parallel_config.mode.value == "sequential"
+    assert [label for _, label, _ in comp.qcmb_core.iterate_molecules()] == [t.label for t in make_plan(inp).tasks]
+    from qcmanybody.v2 import ManyBodyComputer
+
+    assert isinstance(comp, ManyBodyComputer)
+    # dict input, and v1 input gives a v1 result
+    res_dict = ParallelManyBodyComputer(inp.model_dump(), parallel_config={"mode": "sequential", "progress_reporting": False}).compute()
+    assert_same_result(reference(inp), res_dict, exact=True)
+    res_v1 = ParallelManyBodyComputer(inp.convert_v(1), parallel_config=quiet(mode="sequential")).compute()
+    assert res_v1.schema_version == 1 and res_v1.return_result.tolist() == reference(inp).return_result.tolist()
+
+
+def test_mpi_world_of_one_runs_sequentially(tmp_path, trimer):
+    inp = many_body_input(trimer, bsse_type=["cp"])
+    path = tmp_path / "one.json"
+    path.write_text(inp.serialize("json"))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([HERE, REPO]))
+    mpiexec = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    proc = subprocess.run(
+        [mpiexec, "-n", "1", sys.executable, "-m", "qcmb_hpc", str(path), "--mode", "mpi", "--import",
+         "qcmb_hpc.testing.engines", "--no-progress"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    from qcmanybody.models.v2 import ManyBodyResult
+
+    res = ManyBodyResult(**json.loads((tmp_path / "one.result.json").read_text()))
+    assert res.extras["qcmb_hpc"]["mode"] == "sequential"
+    assert_same_result(reference(inp), res, exact=True, check_shape=False)

@@ -166,6 +166,16 @@ def estimate_costs(plan: Plan, config: ParallelConfig) -> CostModel:
     return model
 
 
+def prepare(plan: Plan, config: ParallelConfig, fresh: bool) -> Tuple[CostModel, Optional[Journal], Dict[int, Dict[str, Any]], Dict[int, Any]]:
+    """What every mode does before its coordinator starts: the user's modules, a check that every
+    program is there, cost estimates, and the journal with what it restores."""
+    import_modules(config.imports)
+    check_programs(plan)
+    cost = estimate_costs(plan, config)
+    journal, restored, atomic = open_journal(config, plan, fresh=fresh)
+    return cost, journal, restored, atomic
+
+
 class StopSignals:
     """While active (main thread only): SIGINT, SIGTERM and SIGUSR1 ask the coordinator to stop
     (no new work, running fragments get the grace period); a second signal cuts them at once."""
@@ -245,10 +255,7 @@ def run_local(
     from .transport.processes import ProcessTransport, TransportStartError
 
     t0 = time.perf_counter()
-    import_modules(config.imports)
-    check_programs(plan)
-    cost = estimate_costs(plan, config)
-    journal, restored, atomic = open_journal(config, plan, fresh=fresh)
+    cost, journal, restored, atomic = prepare(plan, config, fresh)
     todo = len(plan.tasks) - len(restored)
     layout = _local_layout(config, mode, todo)
     spec = make_spec(plan, config, layout)
@@ -409,16 +416,13 @@ def _run_mpi(comm: Any, computer: Any, config: ParallelConfig, reporter: Optiona
     rank, size = comm.Get_rank(), comm.Get_size()
     ranks_here, root_here = _node_ranks(comm)
     if rank != 0:
-        return _mpi_worker(comm, config, ranks_here - (1 if root_here else 0), broadcast_result)
+        return _mpi_worker(comm, config, ranks_here - (1 if root_here else 0))
 
     n_workers = min(size - 1, config.max_workers or size - 1)  # rank 0 decides, and tells the others
     t0 = time.perf_counter()
     try:
         plan = computer._plan()
-        import_modules(config.imports)
-        check_programs(plan)
-        cost = estimate_costs(plan, config)
-        journal, restored, atomic = open_journal(config, plan, fresh=fresh)
+        cost, journal, restored, atomic = prepare(plan, config, fresh)
         layout = _mpi_layout(config, max(1, ranks_here - 1))
         spec = make_spec(plan, config, layout)
         spec.threads_per_worker = config.threads_per_worker or 0  # 0: each rank decides from its node
@@ -490,7 +494,7 @@ def _mpi_layout(config: ParallelConfig, workers_here: int, log: bool = True) -> 
     return layout
 
 
-def _mpi_worker(comm: Any, config: ParallelConfig, workers_here: int, broadcast_result: bool) -> Any:
+def _mpi_worker(comm: Any, config: ParallelConfig, workers_here: int) -> Any:
     # the coordinator decides when to stop (the launcher forwards these signals to every rank):
     # ignored while this runs, the caller's handlers are back afterwards
     previous: Dict[int, Any] = {}

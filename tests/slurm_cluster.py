@@ -9,10 +9,16 @@ machine has (``SlurmdParameters=config_overrides``) so multi-rank jobs schedule 
 
 Stopping, in order: cancel every job of this cluster and wait for it to leave; stop slurmd then
 slurmctld with SIGTERM by pid (SIGKILL after a deadline); kill any ``slurmstepd`` that still has
-files of this cluster open, with every process under it. The daemons, and a small reaper
+files of this cluster open, with every process under it; remove the MPICH shared-memory segments
+that killed MPI ranks of this cluster's jobs left in ``/dev/shm``. The daemons, and a small reaper
 process, also get ``PR_SET_PDEATHSIG``: if the test process dies without tearing down (``kill -9``,
 ``os._exit``), the kernel sends them SIGTERM — the daemons stop, and the reaper kills what jobs
 were still running.
+
+Job ids start at a random ``FirstJobId``: MPICH names a job step's shared memory after
+``"<job id>.<step id>"`` (``/dev/shm/mpich_shm_<FNV-1a hash>_<node>``), ranks killed by a test
+(SIGKILL) leave theirs behind, and a later session's job with the same id would find it and hang
+in ``MPI_Init``.
 
 Use from pytest through the session fixture in ``tests/test_slurm.py``; by hand::
 
@@ -24,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import random
 import re
 import shutil
 import signal
@@ -57,6 +64,8 @@ AuthType=auth/none
 CredType=cred/none
 # a requeued job may start again after cred_expire seconds (default 120: too slow for tests)
 AuthInfo=cred_expire=10
+# job ids differ between sessions (see the module docstring: MPICH's shared memory names)
+FirstJobId={first_job_id}
 StateSaveLocation={root}/state
 SlurmdSpoolDir={root}/spool
 SlurmctldPidFile={root}/slurmctld.pid
@@ -180,6 +189,64 @@ def kill_jobs_left_behind(root: str) -> List[str]:
     return done
 
 
+def fnv1a(text: str) -> str:
+    """32-bit FNV-1a of ``text`` in hex, as MPICH hashes its PMI job id into ``world_id``."""
+    h = 2166136261
+    for byte in text.encode():
+        h = ((h ^ byte) * 16777619) & 0xFFFFFFFF
+    return f"{h:x}"
+
+
+def mpich_segments(job_ids, steps: int = 16, shm: str = "/dev/shm") -> List[str]:
+    """The MPICH shared-memory segments in ``shm`` of steps ``0..steps-1`` of ``job_ids``
+    (``srun --mpi=pmi2``: the PMI job id is ``"<job id>.<step id>"``)."""
+    hashes = {fnv1a(f"{j}.{s}") for j in job_ids for s in range(steps)}
+    try:
+        names = os.listdir(shm)
+    except OSError:
+        return []
+    out = []
+    for name in names:
+        m = re.fullmatch(r"mpich_(?:shm|vci)_([0-9a-f]+)_\d+", name)
+        if m and m.group(1) in hashes:
+            out.append(os.path.join(shm, name))
+    return out
+
+
+def _mapped_files() -> set:
+    """Every file some process has mapped or open (to leave segments in use alone)."""
+    used = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{entry}/maps") as fh:
+                for line in fh:
+                    parts = line.split(None, 5)
+                    if len(parts) == 6:
+                        used.add(parts[5].strip().removesuffix(" (deleted)"))
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{entry}/fd"):
+                with contextlib.suppress(OSError):
+                    used.add(os.readlink(f"/proc/{entry}/fd/{fd}"))
+    return used
+
+
+def remove_mpich_segments(job_ids) -> List[str]:
+    """Remove the segments of :func:`mpich_segments` that no process uses."""
+    found = mpich_segments(job_ids)
+    if not found:
+        return []
+    used = _mapped_files()
+    done = []
+    for path in found:
+        if path not in used:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+                done.append(f"removed {path}")
+    return done
+
+
 def _reaper(root: str, parent: int) -> None:  # pragma: no cover - a separate process
     """Runs beside the test session: when the session dies without stopping the cluster (SIGKILL,
     os._exit), the kernel's PDEATHSIG wakes this up to kill the daemons (pid files) and the jobs."""
@@ -232,6 +299,8 @@ class SlurmCluster:
         self.node = socket.gethostname().split(".")[0]
         self.procs: Dict[str, subprocess.Popen] = {}
         self.started = False
+        self.first_job_id = random.randint(10_000, 60_000_000)
+        self.last_job_id = self.first_job_id
 
     # ------------------------------------------------------------------------------------------
     def env(self, base: Optional[Dict[str, str]] = None, **extra: str) -> Dict[str, str]:
@@ -276,6 +345,7 @@ class SlurmCluster:
             cpus=self.cpus,
             memory_mb=self.memory_mb,
             partition=self.partition,
+            first_job_id=self.first_job_id,
         )
         with open(self.conf, "w") as fh:
             fh.write(text)
@@ -364,6 +434,8 @@ class SlurmCluster:
                 p.wait(5)
             done.append(f"stopped {name} pid {p.pid}")
         done += kill_jobs_left_behind(self.root)
+        # (array tasks and requeues take ids too: a margin past the last id sbatch returned)
+        done += remove_mpich_segments(range(self.first_job_id, self.last_job_id + 64))
         reaper = getattr(self, "reaper", None)
         if reaper is not None and reaper.poll() is None:
             reaper.send_signal(signal.SIGUSR1)
@@ -384,7 +456,10 @@ class SlurmCluster:
         )
         if cp.returncode != 0:
             raise RuntimeError(f"sbatch {' '.join(options)} {script} failed ({cp.returncode}): {cp.stderr.strip()}")
-        return cp.stdout.strip().split(";")[0]
+        job = cp.stdout.strip().split(";")[0]
+        with contextlib.suppress(ValueError):
+            self.last_job_id = max(self.last_job_id, int(job))
+        return job
 
     def job_info(self, job_id: str) -> List[Dict[str, str]]:
         """``scontrol show job`` as one dict per job record (an array job has one per task)."""

@@ -5,7 +5,13 @@ is compared with sequential ``qcmanybody.v2.ManyBodyComputer`` on the same input
 Jobs are waited for by polling ``scontrol show job`` against a deadline. The resubmitting script
 runs into a real time limit (one minute; Slurm's warning signal comes on its 30-second timer), stops,
 requeues itself, resumes and completes — and the journal and the engine's own execution records
-show nothing that had finished ran again.
+show nothing that had finished ran again. It also meets the time limit itself (Slurm's SIGTERM
+while a fragment still runs: after the warning, with a grace period longer than what is left, and
+with no warning at all) and a ``scancel`` during the grace period (not requeued); a worker rank
+killed under ``srun`` ends the MPI job in seconds (``--kill-on-bad-exit``) and a resubmission
+resumes; an MPI run whose ranks were all killed is requeued and starts again (MPICH's leftover
+shared memory removed). The jobs that sit through a time limit are submitted before the first
+test and checked at the end, so the rest of the suite runs meanwhile.
 
 What the scripts' headers carry that only a site knows (partition, node and task counts, memory,
 time) is given on the ``sbatch`` command line, as a user would; the variables of the editable header
@@ -22,6 +28,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -33,7 +40,7 @@ from qcmb_hpc.plan import RunSpec, build_atomic_input, make_plan
 from qcmb_hpc.resources import MEMORY_SAFETY, WORKER_OVERHEAD
 from qcmb_hpc.testing.engines import fragment_key
 from qcmb_hpc.testing.inputs import many_body_input, water_cluster
-from slurm_cluster import INSTALL_HINT, SlurmCluster, SlurmMissing, missing_binaries
+from slurm_cluster import INSTALL_HINT, SlurmCluster, SlurmMissing, missing_binaries, mpich_segments
 
 import probe_engine  # noqa: F401  (qcmb_probe, for the reference computed here)
 
@@ -44,6 +51,12 @@ VENV_BIN = os.path.dirname(sys.executable)
 GiB, MiB = 1024**3, 1024**2
 PARTITION = "debug"
 JOB_DEADLINE = 240  # seconds any one job may take before the test gives up on it
+#: CPUs the test node declares (2 real cores here; the test engines sleep): the jobs that sit
+#: through a time limit (3 × 2) and the largest other job (3) fit at once
+CLUSTER_CPUS = 12
+#: a job whose rank died must be gone this soon (srun --kill-on-bad-exit: the step is signalled at
+#: once, and killed KillWait = 10 s later); without the flag it runs into its 5-minute limit
+DEAD_RANK_ENDS_WITHIN = 60
 
 
 # ------------------------------------------------------------------------------------------------
@@ -57,7 +70,7 @@ def slurm():
     if missing:
         pytest.fail(f"Slurm is not installed (missing: {', '.join(missing)}); install it with: {INSTALL_HINT}", pytrace=False)
     root = tempfile.mkdtemp(prefix="qcmb-slurm-")
-    cluster = SlurmCluster(root, cpus=8, memory_mb=16000, partition=PARTITION)
+    cluster = SlurmCluster(root, cpus=CLUSTER_CPUS, memory_mb=16000, partition=PARTITION)
     try:
         try:
             cluster.start()
@@ -170,6 +183,59 @@ def check_scratch(res, tmpdir):
     return by_dir
 
 
+def wait_for_journal(cluster, job, journal, count, workdir, timeout=120):
+    """Until the job's checkpoint journal holds ``count`` records (the job must stay alive)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.path.exists(journal) and len(open(journal).read().splitlines()) - 1 >= count:
+            return
+        state = cluster.job_info(job)
+        assert state and state[0].get("JobState") in ("PENDING", "CONFIGURING", "RUNNING"), f"{state}\n{logs(workdir)}"
+        time.sleep(0.1)
+    pytest.fail(f"job {job} journaled fewer than {count} fragments in {timeout} s\n{logs(workdir)}", pytrace=False)
+
+
+def wait_for_log(workdir, text, timeout=60):
+    deadline = time.monotonic() + timeout
+    while text not in logs(workdir):
+        if time.monotonic() > deadline:
+            pytest.fail(f"{text!r} did not appear in the job's log in {timeout} s\n{logs(workdir)}", pytrace=False)
+        time.sleep(0.1)
+
+
+def labels_by_key(inp):
+    """fragment key (the file names the sleep and fault engines write) → the fragment's label."""
+    plan = make_plan(inp)
+    spec = RunSpec(molecule=plan.core.molecule, specifications=plan.specifications)
+    return {fragment_key(build_atomic_input(spec, t.label)[1]): t.label for t in plan.tasks}
+
+
+def job_pids(job, rank=None):
+    """pids of the Python processes ``srun`` started for ``job`` (MPI rank ``rank``, if given),
+    found by their environment; each rank's own children (its fragment runner) are left out."""
+    out = []
+    want = {f"SLURM_JOB_ID={job}".encode()} | ({f"SLURM_PROCID={rank}".encode()} if rank is not None else set())
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm") as fh:
+                if not fh.read().startswith("python"):
+                    continue
+            with open(f"/proc/{entry}/stat") as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{ppid}/comm") as fh:
+                if fh.read().strip() != "slurmstepd":
+                    continue
+            with open(f"/proc/{entry}/environ", "rb") as fh:
+                env = set(fh.read().split(b"\0"))
+        except (OSError, ValueError, IndexError):
+            continue
+        if want <= env:
+            out.append(int(entry))
+    return out
+
+
 # ------------------------------------------------------------------------------------------------
 # the scripts
 # ------------------------------------------------------------------------------------------------
@@ -178,7 +244,7 @@ def check_scratch(res, tmpdir):
 def test_cluster_is_up(slurm):
     """The harness' own Slurm: the node is idle and takes the declared CPUs (more than the machine's)."""
     info = slurm.run("scontrol", "show", "node", slurm.node).stdout
-    assert "CPUTot=8" in info and "State=IDLE" in info, info
+    assert f"CPUTot={CLUSTER_CPUS}" in info and "State=IDLE" in info, info
     assert slurm.run("srun", "--mpi=list", check=False).returncode == 0
 
 
@@ -233,6 +299,59 @@ def test_mpi(slurm, tmp_path, launcher):
         assert sorted({p["env"]["SLURM_PROCID"] for p in probes(res)}) == ["1", "2"]
     else:
         assert f"mpiexec is {os.path.join(VENV_BIN, 'mpiexec')}" in text
+    # MPI was qcmb_hpc's own choice (no --mode in the script, none in the job's environment): the
+    # CLI's adaptive mode saw the launcher (srun's or Hydra's variables) and ran MPI
+    with open(os.path.join(SCRIPTS, "mpi.sbatch")) as fh:
+        launches = [ln for ln in fh.read().splitlines() if "python -m qcmb_hpc" in ln and not ln.lstrip().startswith("#")]
+    assert len(launches) == 2 and not any("--mode" in ln for ln in launches), launches
+    assert not any(k.startswith("QCMB_") for k in job_env(slurm, tmp_path)), "the job would inherit a QCMB_* setting"
+
+
+def test_mpi_dead_rank_ends_the_job_and_a_resubmission_resumes(slurm, tmp_path):
+    """A worker rank SIGKILLed under ``srun --mpi=pmi2``: ``--kill-on-bad-exit=1`` ends the whole
+    step (rank 0 would otherwise wait for the dead rank until the time limit); the journal keeps
+    what finished, and the same script submitted again resumes and completes, with nothing that
+    had been journaled computed again."""
+    records = tmp_path / "executions"
+    inp = sleep_input(records, base=0.5)  # 29 fragments of 0.5 s on 2 worker ranks: ~8 s of work
+    write_input(tmp_path / "water4.json", inp)
+    options = ("--nodes=1", "--ntasks-per-node=3", "--cpus-per-task=1", "--mem-per-cpu=1G", "--time=5")
+    header = dict(INPUT="water4.json", LAUNCHER="srun", QCMB_ARGS="--import qcmb_hpc.testing.engines --no-progress")
+    job = submit(slurm, "mpi.sbatch", tmp_path, *options, **header)
+    ref = reference(same_input_on_qcmb_test())
+    n = ref.properties.calcinfo_nmbe
+    journal = tmp_path / "water4.checkpoint.jsonl"
+    wait_for_journal(slurm, job, journal, 4, tmp_path)
+    victims = job_pids(job, rank=2)
+    assert len(victims) == 1, f"rank 2 of job {job}: {victims}\n{logs(tmp_path)}"
+    os.kill(victims[0], signal.SIGKILL)
+    t_kill = time.monotonic()
+    try:
+        (rec,) = slurm.wait(job, DEAD_RANK_ENDS_WITHIN)
+    except TimeoutError as exc:
+        slurm.run("scancel", job, check=False)
+        pytest.fail(f"a dead rank did not end the job (srun without --kill-on-bad-exit=1?): {exc}\n{logs(tmp_path)}", pytrace=False)
+    ended = time.monotonic() - t_kill
+    text = logs(tmp_path)
+    assert rec["JobState"] == "FAILED" and rec["ExitCode"] != "0:0", f"{rec}\n{text}"  # not TIMEOUT, not COMPLETED
+    assert "task 2: Killed" in text, text
+    assert not job_pids(job), "ranks of the ended job are still running"
+    done = journal_labels(journal)  # whole records only, each fragment once
+    assert 4 <= len(done) < n and len(set(done)) == len(done), done
+    print(f"\ndead rank: job {job} ended {ended:.1f} s after the kill with {len(done)} of {n} fragments journaled")
+
+    job2 = submit(slurm, "mpi.sbatch", tmp_path, *options, **header)
+    wait_ok(slurm, job2, tmp_path)
+    res = load_result(tmp_path / "water4.result.json")
+    assert_same_result(ref, res, exact=True, check_shape=False)
+    rep = res.extras["qcmb_hpc"]
+    assert rep["mode"] == "mpi" and rep["restored"] == len(done) and rep["computed"] == n - len(done), rep
+    label_of = labels_by_key(inp)
+    labels = journal_labels(journal)
+    assert len(labels) == n and set(labels) == set(label_of.values())
+    runs = collections.Counter(label_of[key] for key in executions(records).elements())
+    again = [label for label in done if runs[label] != 1]
+    assert not again, f"journaled before the kill, yet computed again: {again}"
 
 
 def test_mpi_refuses_ranks_the_memory_cannot_hold(slurm, tmp_path):
@@ -380,27 +499,157 @@ def assert_nothing_finished_ran_again(inp, workdir, record_dir, text):
     return ran
 
 
+def one_hang_input(workdir, n=4):
+    """``qcmb_fault`` (``qcmb_test`` numbers) whose first attempt at one fragment hangs for an hour
+    — a fragment longer than what is left of the time limit — and every other attempt is clean:
+    the other fragments' first attempt files are taken beforehand. Returns the input, the fault
+    directory (one file per attempt) and the hanging fragment's label."""
+    fault_dir = os.path.join(str(workdir), "faults")
+    os.makedirs(fault_dir, exist_ok=True)
+    inp = many_body_input(
+        water_cluster(n), program="qcmb_fault", bsse_type=["cp", "nocp"], return_total_data=True,
+        keywords={"fault_dir": fault_dir, "p": 1.0, "kinds": ["hang"], "faulty_attempts": 1, "hang_seconds": 3600},
+    )
+    label_of = labels_by_key(inp)
+    keys = sorted(label_of)
+    hung = keys[len(keys) // 2]
+    for key in keys:
+        if key != hung:
+            with open(os.path.join(fault_dir, f"{key}.1"), "w") as fh:
+                fh.write("seeded")
+    return inp, fault_dir, label_of[hung]
+
+
+def attempts(inp, fault_dir):
+    """fragment label → what each real attempt did ("hang", "ok"), in order."""
+    label_of = labels_by_key(inp)
+    out = collections.defaultdict(list)
+    for name in sorted(os.listdir(fault_dir), key=lambda f: (f.split(".")[0], int(f.split(".")[1]))):
+        with open(os.path.join(fault_dir, name)) as fh:
+            kind = fh.read()
+        if kind != "seeded":
+            out[label_of[name.split(".")[0]]].append(kind)
+    return out
+
+
+def assert_resumed_after_the_hang(inp, fault_dir, hung, workdir, ref):
+    """The last run restored everything but the fragment that hung, computed that one, and the
+    result is QCManyBody's; every other fragment ran exactly once, in the first run."""
+    n = ref.properties.calcinfo_nmbe
+    res = load_result(os.path.join(str(workdir), "water4.result.json"))
+    assert_same_result(ref, res, exact=True, check_shape=False)
+    rep = res.extras["qcmb_hpc"]
+    assert (rep["restored"], rep["computed"]) == (n - 1, 1), rep
+    labels = journal_labels(os.path.join(str(workdir), "water4.checkpoint.jsonl"))
+    assert len(labels) == n and len(set(labels)) == n and labels[-1] == hung, labels
+    tries = attempts(inp, fault_dir)
+    assert tries[hung] == ["hang", "ok"], tries[hung]
+    assert len(tries) == n and all(t == ["ok"] for label, t in tries.items() if label != hung), tries
+
+
+FIRST_RUN_HANG = '''"""qcmb_first_run_hang (written by tests/test_slurm.py): qcmb_test's numbers; in the
+first run of a Slurm job (no SLURM_RESTART_COUNT, or 0) the fragment keywords["hang_key"] hangs
+for an hour: a fragment longer than what is left of the time limit, however often it is started
+in that run. Every execution leaves "<fragment key>.<run>.<ns>" in keywords["record_dir"]."""
+import os
+import time
+
+import qcengine
+from qcmb_hpc.testing.engines import TestHarness, fragment_key
+
+
+class FirstRunHang(TestHarness):
+    _defaults = {**TestHarness._defaults, "name": "qcmb_first_run_hang"}
+
+    def compute(self, input_model, config):
+        kw = input_model.specification.keywords
+        key = fragment_key(input_model)
+        run = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+        open(os.path.join(kw["record_dir"], f"{key}.{run}.{time.time_ns()}"), "w").close()
+        if run == 0 and key == kw["hang_key"]:
+            time.sleep(3600)
+        return super().compute(input_model, config)
+
+
+if "qcmb_first_run_hang" not in qcengine.list_all_programs():
+    qcengine.register_program(FirstRunHang())
+'''
+
+
+def first_run_hang_input(workdir, n=4):
+    """An input on ``qcmb_first_run_hang`` (written into ``workdir``, which goes on the job's
+    PYTHONPATH) hanging at the plan's middle fragment in a job's first run. Returns the input, the
+    record directory and the hanging fragment's label."""
+    records = os.path.join(str(workdir), "executions")
+    os.makedirs(records, exist_ok=True)
+    with open(os.path.join(str(workdir), "first_run_hang.py"), "w") as fh:
+        fh.write(FIRST_RUN_HANG)
+
+    def make(hang_key):
+        return many_body_input(
+            water_cluster(n), program="qcmb_first_run_hang", bsse_type=["cp", "nocp"], return_total_data=True,
+            keywords={"record_dir": records, "hang_key": hang_key},
+        )
+
+    label_of = labels_by_key(make(""))  # (keywords do not enter a fragment's key)
+    keys = sorted(label_of)
+    hung = keys[len(keys) // 2]
+    return make(hung), records, label_of[hung]
+
+
+def runs_of(inp, records):
+    """fragment label → the runs (SLURM_RESTART_COUNT) in which it was started, in order."""
+    label_of = labels_by_key(inp)
+    out = collections.defaultdict(list)
+    for name in sorted(os.listdir(records), key=lambda f: int(f.split(".")[2])):
+        key, run, _ns = name.split(".")
+        out[label_of[key]].append(int(run))
+    return out
+
+
 TIME_LIMIT_TEST = "test_resubmit_survives_a_real_time_limit"
+TIMEOUT_TEST = "test_resubmit_requeues_at_a_real_timeout"
+#: --signal for the runs that meet the time limit with a fragment still running: the warning
+#: (which comes 10–40 s into the one-minute run; the grace period of 600 s outlasts the rest of
+#: the run), or none at all (@0: Slurm sends no warning; its SIGTERM is the first signal)
+TIMEOUT_CASES = {"warned": "--signal=B:USR1@50", "unwarned": "--signal=B:USR1@0"}
+
+
+def _wanted(request, name):
+    return any(getattr(item, "originalname", item.name) == name for item in request.session.items)
 
 
 @pytest.fixture(scope="module", autouse=True)
-def time_limit_job(request, slurm, tmp_path_factory):
-    """The time-limit job is submitted before the first test of this module and checked by the
-    last one: it mostly sleeps (through its time limits and requeues), so the other jobs run meanwhile."""
-    if not any(item.name == TIME_LIMIT_TEST for item in request.session.items):
-        yield None
-        return
-    # 29 fragments of 3 s on 2 workers: ~44 s of work after a few seconds of start-up; the limit is
-    # one minute, and Slurm's USR1 (@50 s before it) comes on slurmctld's 30-second timer, 10–40 s
-    # into every run: the first run is always cut short, and the chain takes 2–4 runs.
-    workdir = tmp_path_factory.mktemp("time-limit")
-    records = workdir / "executions"
-    inp = sleep_input(records, base=3.0)
-    write_input(workdir / "water4.json", inp)
-    t0 = time.monotonic()
-    job = submit(slurm, "resubmit.sbatch", workdir, "--cpus-per-task=2", "--mem=2G", "--time=1", "--signal=B:USR1@50",
-                 INPUT="water4.json", QCMB_ARGS="--import qcmb_hpc.testing.engines --no-progress")
-    yield {"job": job, "workdir": workdir, "records": records, "t0": t0, "input": inp}
+def background_jobs(request, slurm, tmp_path_factory):
+    """The jobs that sit through a time limit are submitted before the first test of this module
+    and checked by the last ones: they mostly sleep (through their time limits and requeues), so the
+    other jobs run meanwhile."""
+    jobs = {}
+    if _wanted(request, TIME_LIMIT_TEST):
+        # 29 fragments of 3 s on 2 workers: ~44 s of work after a few seconds of start-up; the limit is
+        # one minute, and Slurm's USR1 (@50 s before it) comes on slurmctld's 30-second timer, 10–40 s
+        # into every run: the first run is always cut short, and the chain takes 2–4 runs.
+        workdir = tmp_path_factory.mktemp("time-limit")
+        records = workdir / "executions"
+        inp = sleep_input(records, base=3.0)
+        write_input(workdir / "water4.json", inp)
+        t0 = time.monotonic()
+        job = submit(slurm, "resubmit.sbatch", workdir, "--cpus-per-task=2", "--mem=2G", "--time=1", "--signal=B:USR1@50",
+                     INPUT="water4.json", QCMB_ARGS="--import qcmb_hpc.testing.engines --no-progress")
+        jobs[TIME_LIMIT_TEST] = {"job": job, "workdir": workdir, "records": records, "t0": t0, "input": inp}
+    if _wanted(request, TIMEOUT_TEST):
+        # one fragment hangs: the other 28 are done in seconds, and the run meets its time limit
+        # (60–90 s in: slurmctld's timer) waiting for that one; the requeued run computes it
+        for case, signal_option in TIMEOUT_CASES.items():
+            workdir = tmp_path_factory.mktemp(f"timeout-{case}")
+            inp, records, hung = first_run_hang_input(workdir)
+            write_input(workdir / "water4.json", inp)
+            job = submit(slurm, "resubmit.sbatch", workdir, "--cpus-per-task=2", "--mem=2G", "--time=1", signal_option,
+                         INPUT="water4.json", PYTHONPATH=os.pathsep.join([str(workdir), HERE, REPO]),
+                         QCMB_ARGS="--import first_run_hang --no-progress --grace-period 600")
+            jobs[(TIMEOUT_TEST, case)] = {"job": job, "workdir": workdir, "input": inp, "records": records,
+                                          "hung": hung, "t0": time.monotonic()}
+    yield jobs
 
 
 def test_resubmit_stops_on_bad_input(slurm, tmp_path):
@@ -430,15 +679,7 @@ def test_resubmit_mpi_forwards_the_warning_through_srun(slurm, tmp_path):
     ref = reference(same_input_on_qcmb_test())
     n = ref.properties.calcinfo_nmbe
     journal = tmp_path / "water4.checkpoint.jsonl"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # some fragments done, far from all: warn now
-        if journal.exists() and len(journal.read_text().splitlines()) - 1 >= 4:
-            break
-        state = slurm.job_info(job)
-        assert state and state[0].get("JobState") in ("PENDING", "CONFIGURING", "RUNNING"), f"{state}\n{logs(tmp_path)}"
-        time.sleep(0.1)
-    else:
-        pytest.fail(f"the job wrote no checkpoint records in time\n{logs(tmp_path)}", pytrace=False)
+    wait_for_journal(slurm, job, journal, 4, tmp_path)  # some fragments done, far from all: warn now
     slurm.run("scancel", "--batch", "--signal=USR1", job)
     (rec,) = wait_ok(slurm, job, tmp_path, timeout=200)
     text = logs(tmp_path)
@@ -455,8 +696,127 @@ def test_resubmit_mpi_forwards_the_warning_through_srun(slurm, tmp_path):
     assert_nothing_finished_ran_again(inp, tmp_path, records, text)
 
 
+@pytest.mark.timeout(300)
+def test_resubmit_mpi_requeued_after_its_ranks_were_killed(slurm, tmp_path):
+    """RUN_WITH=srun, every rank SIGKILLed (as at the end of a time limit's KillWait), then the job
+    requeued: same job id, steps numbered from 0 again, so MPICH's shared-memory segment of the
+    killed step is still in /dev/shm under the name the new step would use (its MPI_Init then fails
+    or hangs). The requeued run removes it, and resumes."""
+    records = tmp_path / "executions"
+    inp = sleep_input(records, base=0.5)
+    write_input(tmp_path / "water4.json", inp)
+    job = submit(slurm, "resubmit.sbatch", tmp_path, "--ntasks=3", "--cpus-per-task=1", "--mem=3G", "--time=5",
+                 INPUT="water4.json", RUN_WITH="srun", QCMB_ARGS="--import qcmb_hpc.testing.engines --no-progress")
+    ref = reference(same_input_on_qcmb_test())
+    n = ref.properties.calcinfo_nmbe
+    journal = tmp_path / "water4.checkpoint.jsonl"
+    wait_for_journal(slurm, job, journal, 4, tmp_path)
+    ranks = job_pids(job)
+    assert len(ranks) == 3, f"ranks of job {job}: {ranks}\n{logs(tmp_path)}"
+    for pid in ranks:
+        os.kill(pid, signal.SIGKILL)
+    try:
+        (rec,) = slurm.wait(job, DEAD_RANK_ENDS_WITHIN)
+    except TimeoutError as exc:
+        pytest.fail(f"{exc}\n{logs(tmp_path)}", pytrace=False)
+    text = logs(tmp_path)
+    assert (rec["JobState"], rec["Restarts"]) == ("FAILED", "0"), f"{rec}\n{text}"  # 137: not requeued by itself
+    assert "not requeueing (exit code 137" in text, text
+    done = journal_labels(journal)
+    assert 4 <= len(done) < n, done
+    assert mpich_segments([job], steps=1), "the killed ranks left no MPICH segment in /dev/shm (the premise)"
+    slurm.run("scontrol", "requeue", job)
+    (rec,) = wait_ok(slurm, job, tmp_path, timeout=120)
+    text = logs(tmp_path)
+    assert rec["Restarts"] == "1" and "calculation complete after 2 run(s)" in text, text
+    res = load_result(tmp_path / "water4.result.json")
+    assert_same_result(ref, res, exact=True, check_shape=False)
+    rep = res.extras["qcmb_hpc"]
+    assert rep["mode"] == "mpi" and rep["restored"] == len(done) and rep["computed"] == n - len(done), rep
+    label_of = labels_by_key(inp)
+    runs = collections.Counter(label_of[key] for key in executions(records).elements())
+    assert not [label for label in done if runs[label] != 1], runs
+
+
+@pytest.mark.timeout(240)
+def test_resubmit_cancelled_during_the_grace_period_is_not_requeued(slurm, tmp_path):
+    """Warned (USR1), then cancelled while qcmb_hpc waits for a running fragment: the job stays
+    cancelled — no requeue — with the journal intact; submitting it again resumes and completes."""
+    inp, fault_dir, hung = one_hang_input(tmp_path)
+    write_input(tmp_path / "water4.json", inp)
+    header = dict(INPUT="water4.json", QCMB_ARGS="--import qcmb_hpc.testing.engines --no-progress --grace-period 600")
+    job = submit(slurm, "resubmit.sbatch", tmp_path, "--cpus-per-task=2", "--mem=2G", "--time=5", **header)
+    ref = reference(same_input_on_qcmb_test())
+    n = ref.properties.calcinfo_nmbe
+    journal = tmp_path / "water4.checkpoint.jsonl"
+    wait_for_journal(slurm, job, journal, n - 1, tmp_path)  # all but the hanging fragment
+    slurm.run("scancel", "--batch", "--signal=USR1", job)
+    wait_for_log(tmp_path, "stop requested (SIGUSR1)")
+    slurm.run("scancel", job)
+    try:
+        (rec,) = slurm.wait(job, 60)
+    except TimeoutError as exc:
+        pytest.fail(f"{exc}\n{logs(tmp_path)}", pytrace=False)
+    text = logs(tmp_path)
+    assert (rec["JobState"], rec["Restarts"]) == ("CANCELLED", "0"), f"{rec}\n{text}"
+    assert "requeueing job" not in text and "not requeueing" in text, text
+    assert "qcmb_hpc exited with code 3 " in text, text  # stopped cleanly, journal flushed
+    assert sorted(journal_labels(journal)) == sorted(set(labels_by_key(inp).values()) - {hung})
+
+    job2 = submit(slurm, "resubmit.sbatch", tmp_path, "--cpus-per-task=2", "--mem=2G", "--time=5", **header)
+    (rec2,) = wait_ok(slurm, job2, tmp_path)
+    assert rec2["Restarts"] == "0", logs(tmp_path)
+    assert_resumed_after_the_hang(inp, fault_dir, hung, tmp_path, ref)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("case", list(TIMEOUT_CASES))
+def test_resubmit_requeues_at_a_real_timeout(slurm, background_jobs, case):
+    """Slurm's own time limit ends a run while a fragment still runs — after the warning, during a
+    grace period longer than what was left, or with no warning at all. The SIGTERM makes qcmb_hpc
+    cut the fragment and flush its journal, the script requeues the job (it is the time limit,
+    not a cancellation), and the next run computes only the fragment that was cut."""
+    j = background_jobs[(TIMEOUT_TEST, case)]
+    job, workdir = j["job"], j["workdir"]
+    ref = reference(same_input_on_qcmb_test())
+    n = ref.properties.calcinfo_nmbe
+    (rec,) = wait_ok(slurm, job, workdir, timeout=240)
+    elapsed = time.monotonic() - j["t0"]
+    text = logs(workdir)
+    runs = re.split(r"(?=qcmb job \S+ run \d+ on )", text)[1:]
+    assert rec["Restarts"] == "1" and len(runs) == 2, text
+    first, second = runs
+    assert "DUE TO TIME LIMIT" in first, first  # Slurm's time limit, not the script, ended run 1
+    if case == "warned":
+        assert first.index("SIGUSR1 at") < first.index("running ones get 600 s") < first.index("DUE TO TIME LIMIT"), first
+    else:
+        # (qcmb_hpc may still say SIGUSR1: the script's own, its second stop signal at the limit)
+        assert "qcmb job: SIGUSR1 at" not in first, f"Slurm sent a warning after all (--signal=B:USR1@0):\n{first}"
+    assert "time limit reached" in first and first.count("requeueing job") == 1, first
+    m = re.search(r"stopped by SIG(?:USR1|TERM) with (\d+) of (\d+) fragments finished", first)
+    assert m and (int(m.group(1)), int(m.group(2))) == (n - 1, n), first  # qcmb_hpc stopped cleanly
+    assert "qcmb_hpc exited with code 3 " in first, first
+    assert "calculation complete after 2 run(s)" in second, second
+
+    res = load_result(workdir / "water4.result.json")
+    assert_same_result(ref, res, exact=True, check_shape=False)
+    rep = res.extras["qcmb_hpc"]
+    assert (rep["restored"], rep["computed"]) == (n - 1, 1), rep
+    labels = journal_labels(workdir / "water4.checkpoint.jsonl")
+    assert len(labels) == n and len(set(labels)) == n and labels[-1] == j["hung"], labels
+    runs = runs_of(j["input"], j["records"])
+    assert len(runs) == n and all(r == [0] for label, r in runs.items() if label != j["hung"]), runs
+    # the cut fragment ran again in run 2 only; in run 1 it may have been started twice: a worker
+    # that Slurm's SIGTERM killed (with the fragment) can have its fragment handed out again in
+    # the coordinator loop's pass that also sees the stop request
+    hung_runs = runs[j["hung"]]
+    assert hung_runs[-1] == 1 and hung_runs.count(1) == 1 and 1 <= hung_runs.count(0) <= 2, hung_runs
+    print(f"\ntimeout ({case}): 2 runs in {elapsed:.0f} s; the cut fragment started {hung_runs.count(0)}× in run 1")
+
+
 @pytest.mark.timeout(420)
-def test_resubmit_survives_a_real_time_limit(slurm, time_limit_job):
+def test_resubmit_survives_a_real_time_limit(slurm, background_jobs):
+    time_limit_job = background_jobs[TIME_LIMIT_TEST]
     job, workdir, records = time_limit_job["job"], time_limit_job["workdir"], time_limit_job["records"]
     ref = reference(same_input_on_qcmb_test())
     (rec,) = wait_ok(slurm, job, workdir, timeout=360)

@@ -17,6 +17,13 @@ Exit codes (:data:`EXIT_CODES`):
 Errors a user can cause print one line on stderr, never a traceback. Settings come from the
 ``QCMB_*`` environment variables, then the flags (flags win). Without ``--mode`` (or
 ``QCMB_PARALLEL_MODE``) the mode is adaptive: MPI under mpiexec/srun, else all cores of this node.
+
+Cost history: unlike the Python API (no history unless asked), the command line records every
+run's fragment timings, and calibrates its estimates from earlier runs, in a per-user cache file
+(:func:`default_cost_history`: ``$XDG_CACHE_HOME/qcmb_hpc/cost_history.json``, else
+``~/.cache/qcmb_hpc/cost_history.json``). ``--cost-history PATH`` / ``QCMB_COST_HISTORY`` choose
+another file (``none`` for none); ``--no-cost-history`` keeps none. The history never fails a run:
+a file that cannot be read or written is a one-line warning (see :mod:`qcmb_hpc.cost`).
 """
 
 from __future__ import annotations
@@ -25,14 +32,24 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 from .config import SETTINGS, ParallelConfig, ParallelMode, config_values_from_environment
 from .errors import FragmentExecutionError, IncompleteRunError, InputDataError, ParallelExecutionError
 
-__all__ = ["main", "EXIT_CODES", "load_input", "default_output", "default_checkpoint", "bundled_example"]
+__all__ = [
+    "main",
+    "EXIT_CODES",
+    "load_input",
+    "default_output",
+    "default_checkpoint",
+    "default_cost_history",
+    "bundled_example",
+]
 
 EXIT_OK, EXIT_FRAGMENT, EXIT_USAGE, EXIT_INCOMPLETE, EXIT_PARALLEL, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 EXIT_CODES = {
@@ -45,6 +62,7 @@ EXIT_CODES = {
 }
 
 logger = logging.getLogger("qcmb_hpc")
+_SETTING = {s.name: s for s in SETTINGS}
 
 
 class UsageError(Exception):
@@ -77,6 +95,36 @@ def default_checkpoint(output_path: str) -> str:
             base = base[: -len(suffix)]
             break
     return base + ".checkpoint.jsonl"
+
+
+def default_cost_history(environ: Optional[Mapping[str, str]] = None) -> Optional[str]:
+    """The command line's per-user cost history: ``$XDG_CACHE_HOME/qcmb_hpc/cost_history.json``
+    (an absolute ``XDG_CACHE_HOME`` only, as the XDG spec says), else under ``~/.cache``; None if
+    there is no home directory to put it in."""
+    env = os.environ if environ is None else environ
+    cache = env.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(cache):
+        home = env.get("HOME") or os.path.expanduser("~")
+        if not os.path.isabs(home):
+            return None
+        cache = os.path.join(home, ".cache")
+    return os.path.join(cache, "qcmb_hpc", "cost_history.json")
+
+
+def with_cost_history(
+    config: ParallelConfig, args: argparse.Namespace, environ: Optional[Mapping[str, str]] = None
+) -> ParallelConfig:
+    """The command line's cost-history policy: ``--no-cost-history`` → none; a path (or ``none``)
+    from ``--cost-history`` or ``QCMB_COST_HISTORY`` → that; else :func:`default_cost_history`."""
+    env = os.environ if environ is None else environ
+    given = args.cfg_cost_history is not None
+    if args.no_cost_history:
+        if given:
+            raise UsageError("--cost-history and --no-cost-history exclude each other")
+        return config.replace(cost_history=None)
+    if given or env.get(_SETTING["cost_history"].env):
+        return config
+    return config.replace(cost_history=default_cost_history(env))
 
 
 def load_input(path: str) -> Dict[str, Any]:
@@ -131,6 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="where to write the ManyBodyResult JSON (default: INPUT with .result.json)")
     p.add_argument("--fresh", action="store_true", help="ignore and replace an existing checkpoint")
     p.add_argument("--no-checkpoint", action="store_true", help="keep no checkpoint (not resumable)")
+    p.add_argument(
+        "--no-cost-history",
+        action="store_true",
+        help="neither read nor write a cost history (default: the per-user one, "
+        "$XDG_CACHE_HOME/qcmb_hpc/cost_history.json or ~/.cache/qcmb_hpc/cost_history.json)",
+    )
     for s in SETTINGS:
         dest = "cfg_" + s.name
         if s.name == "imports":
@@ -205,11 +259,44 @@ def _fail(code: int, message: str) -> int:
     return code
 
 
+class _Stopped(BaseException):
+    """SIGTERM or SIGUSR1 outside a run (before it started): end with the resumable code."""
+
+
+def _signal_outside_run(signum: int, frame: Any) -> None:
+    """The command line's handler for SIGINT/SIGTERM/SIGUSR1 whenever no run's own handlers are
+    active: before a run, end at once (nothing is lost: the journal holds what any earlier run
+    finished); after a run was stopped, ignore — it is saving and about to say how to resume."""
+    from .run import stop_received
+
+    if stop_received() is not None:
+        return
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise _Stopped(signal.Signals(signum).name)
+
+
+def _install_signal_handlers() -> Dict[int, Any]:
+    """Install :func:`_signal_outside_run`; returns the handlers it replaced."""
+    previous: Dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for name in ("SIGINT", "SIGTERM", "SIGUSR1"):
+            sig = getattr(signal, name)
+            previous[sig] = signal.signal(sig, _signal_outside_run)
+    return previous
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    previous = _install_signal_handlers()
     try:
         return _main(argv)
     except KeyboardInterrupt:
         return _fail(EXIT_INTERRUPTED, "interrupted")
+    except _Stopped as exc:
+        return _fail(EXIT_INCOMPLETE, f"stopped by {exc}; run the same command again to resume")
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 def _main(argv: Optional[Sequence[str]]) -> int:
@@ -217,7 +304,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
 
     try:
         args = build_parser().parse_args(argv)
-        config = config_from_args(args)
+        config = with_cost_history(config_from_args(args), args)
     except UsageError as exc:
         return _fail(EXIT_USAGE, str(exc))
     except (InputDataError, ValueError) as exc:

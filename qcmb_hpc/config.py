@@ -227,7 +227,7 @@ class ParallelConfig:
     max_workers: Optional[int] = _setting(
         None,
         _optional(_parse_int(1)),
-        "number of workers (default: usable cores / threads per worker; MPI: ranks - 1)",
+        "number of workers (default: usable cores / threads per worker; MPI: ranks - 1); on one node never more than the fragments to compute",
         flag="--workers",
         metavar="N",
         shown='auto',
@@ -292,9 +292,9 @@ class ParallelConfig:
     cost_history: Optional[str] = _setting(
         None,
         _optional(_parse_str),
-        "file of measured fragment times; calibrates the cost model for later runs",
+        "file of measured fragment times; calibrates the cost model for later runs (`none`: keep none)",
         metavar="PATH",
-        shown='none',
+        shown="none (CLI: `~/.cache/qcmb_hpc/cost_history.json`, under `$XDG_CACHE_HOME` if set; `--no-cost-history`)",
     )
     prefetch: Optional[int] = _setting(
         None,

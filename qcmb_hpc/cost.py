@@ -16,23 +16,54 @@ Before anything runs, a fragment's cost is estimated as
 
 Calibration: every run records ``(x, measured seconds)`` per (program, method, driver); a
 least-squares line in log–log space gives ``a`` and ``b`` (``b`` only with enough spread in ``x``,
-clamped to [0.5, 8]). Fits are kept in a cost-history file (``ParallelConfig.cost_history``) that
-later runs start from; during a run the model refits as measurements arrive and the coordinator
+clamped to [0.5, 8]). Fits are kept in a cost-history file (``ParallelConfig.cost_history``; the
+Python API keeps none unless asked, the command line keeps one per user, see :mod:`qcmb_hpc.cli`)
+that later runs start from.
+
+During a run the model refits as this run's measurements arrive — on their own schedule: a
+(program, method, driver) is refitted when *this run's* samples of it reach 3, 6, 12, … (a full
+history does not postpone it), and in that fit the whole history weighs as
+:data:`HISTORY_WEIGHT` samples at most, so what this run measures soon outweighs a history from
+another machine or another version of the program (before this run measures anything, the
+history alone gives the fit). The coordinator
 re-orders the remaining queue when the refit changes the order of the estimates (:meth:`CostModel.
 reestimate`: decided among the few (method, size) groups, not per fragment). :func:`spearman`
-measures how well estimates ranked the real times.
+measures how well estimates ranked the real times; :attr:`CostModel.initial_estimates` keeps the
+estimates the run started with, for that measure.
+
+The history file is a cache, never a reason for a run to fail: a missing file is an empty history;
+an unreadable or invalid one (not JSON, not a JSON object, not a ``qcmb_hpc-cost-history``) is a
+one-line warning and the run starts from the defaults, and :meth:`CostModel.save` then moves it
+aside to ``<file>.corrupt`` and starts a new one; a history that cannot be written is a one-line
+warning. Several runs (e.g. the tasks of a Slurm job array) can share one file: :meth:`CostModel.
+save` merges under an exclusive ``flock`` on ``<file>.lock`` and replaces the file atomically, so no
+run's samples are lost (each key keeps its newest :data:`MAX_SAMPLES_PER_KEY`).
+
+Basis functions come from the ``basis_set_exchange`` package (a dependency): when it cannot be
+imported, or does not know a basis, the per-element estimate is used and that is logged once (on
+the ``qcmb_hpc`` logger: a warning for the missing package, info for an unknown basis).
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import errno
 import json
+import logging
 import math
 import os
 import re
 import tempfile
+import time
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Deque, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: saves are not locked
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = [
     "METHOD_EXPONENTS",
@@ -45,7 +76,12 @@ __all__ = [
     "Fit",
     "fit_power_law",
     "spearman",
+    "merge_samples",
+    "history_document",
+    "parse_history",
 ]
+
+logger = logging.getLogger("qcmb_hpc")
 
 DEFAULT_EXPONENT = 4.0
 DEFAULT_PREFACTOR = 1e-6
@@ -111,24 +147,50 @@ def _fallback_nbf(z: int, basis: str) -> float:
     return base * scale
 
 
+@lru_cache(maxsize=1)
+def _bse() -> Any:
+    """The ``basis_set_exchange`` module, or None — logged once — when it cannot be imported."""
+    try:
+        import basis_set_exchange
+    except ImportError as exc:
+        logger.warning(
+            "cost model: basis_set_exchange cannot be imported (%s); basis functions are estimated per element", exc
+        )
+        return None
+    return basis_set_exchange
+
+
+_FALLBACK_LOGGED: Set[str] = set()
+
+
+def _bse_nbf(bse: Any, basis: str, z: int) -> int:
+    """Basis functions of element ``z`` in ``basis`` by the Basis Set Exchange (KeyError if unknown)."""
+    data = bse.get_basis(basis, elements=[z], header=False)
+    n = 0
+    for sh in data["elements"][str(z)]["electron_shells"]:
+        pure = sh["function_type"].endswith("spherical")
+        ams = sh["angular_momentum"]
+        ncontr = len(sh["coefficients"]) if len(ams) == 1 else 1
+        for am in ams:
+            n += ncontr * ((2 * am + 1) if pure else (am + 1) * (am + 2) // 2)
+    return n
+
+
 @lru_cache(maxsize=4096)
 def _nbf_element(basis: str, z: int) -> float:
-    try:
-        import basis_set_exchange as bse
-
-        data = bse.get_basis(basis, elements=[z], header=False)
-        shells = data["elements"][str(z)]["electron_shells"]
-        n = 0
-        for sh in shells:
-            pure = sh["function_type"].endswith("spherical")
-            ams = sh["angular_momentum"]
-            ncontr = len(sh["coefficients"]) if len(ams) == 1 else 1
-            for am in ams:
-                n += ncontr * ((2 * am + 1) if pure else (am + 1) * (am + 2) // 2)
-        if n > 0:
-            return float(n)
-    except Exception:
-        pass
+    bse = _bse()
+    if bse is not None:
+        try:
+            n = _bse_nbf(bse, basis, z)
+        except Exception as exc:  # KeyError: unknown basis or element; anything else: BSE data we cannot read
+            reason = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else f"{type(exc).__name__}: {exc}"
+        else:
+            if n > 0:
+                return float(n)
+            reason = f"no functions for element {z}"
+        if basis not in _FALLBACK_LOGGED:  # once per basis (per process)
+            _FALLBACK_LOGGED.add(basis)
+            logger.info("cost model: basis %r not from the Basis Set Exchange (%s); estimated per element", basis, reason)
     return _fallback_nbf(z, basis)
 
 
@@ -150,19 +212,23 @@ class Fit:
         return self.prefactor * max(x, 1.0) ** self.exponent
 
 
-def fit_power_law(samples: Sequence[Tuple[float, float]], default_exponent: float) -> Optional[Fit]:
-    """Least squares of log t = log a + b log x. With too little spread in x only ``a`` is fitted
-    (``b`` stays at its default). None without samples."""
-    pts = [(math.log(max(x, 1.0)), math.log(t)) for x, t in samples if t > 0 and x > 0]
+def fit_power_law(
+    samples: Sequence[Tuple[float, float]], default_exponent: float, weights: Optional[Sequence[float]] = None
+) -> Optional[Fit]:
+    """(Weighted) least squares of log t = log a + b log x. With too little spread in x only ``a``
+    is fitted (``b`` stays at its default). None without usable samples."""
+    ws = weights if weights is not None else [1.0] * len(samples)
+    pts = [(math.log(max(x, 1.0)), math.log(t), w) for (x, t), w in zip(samples, ws) if t > 0 and x > 0 and w > 0]
     if not pts:
         return None
     n = len(pts)
-    mx = sum(p[0] for p in pts) / n
-    my = sum(p[1] for p in pts) / n
-    sxx = sum((p[0] - mx) ** 2 for p in pts)
+    sw = sum(p[2] for p in pts)
+    mx = sum(p[0] * p[2] for p in pts) / sw
+    my = sum(p[1] * p[2] for p in pts) / sw
+    sxx = sum(p[2] * (p[0] - mx) ** 2 for p in pts)
     b = default_exponent
-    if n >= 3 and sxx > 0.05 * n:  # x must spread by a few tens of percent
-        b = sum((p[0] - mx) * (p[1] - my) for p in pts) / sxx
+    if n >= 3 and sxx > 0.05 * sw:  # x must spread by a few tens of percent
+        b = sum(p[2] * (p[0] - mx) * (p[1] - my) for p in pts) / sxx
         b = min(8.0, max(0.5, b))
     log_a = my - b * mx
     return Fit(prefactor=math.exp(log_a), exponent=b, n=n)
@@ -199,14 +265,140 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> Optional[float]:
 
 
 Key = Tuple[str, str, str]  # (program, method, driver)
+Sample = Tuple[float, float]  # (x, measured seconds)
 
 MAX_SAMPLES_PER_KEY = 2000
+MIN_REFIT_SAMPLES = 3  #: this run's samples of a key before its first in-run refit (then 2×, 4×, …)
+HISTORY_WEIGHT = 10.0  #: in an in-run fit, the history of a key weighs as this many samples at most
+HISTORY_FORMAT = "qcmb_hpc-cost-history"
+LOCK_TIMEOUT = 30.0  #: seconds a save waits for another run's lock before it gives up (a warning)
+
+
+# ------------------------------------------------------------------------------------------------
+# the history document: pure functions (no I/O)
+# ------------------------------------------------------------------------------------------------
+
+
+def _key_str(key: Key) -> str:
+    return "|".join(key)
+
+
+def _str_key(kstr: str) -> Optional[Key]:
+    parts = tuple(kstr.split("|"))
+    return parts if len(parts) == 3 else None  # type: ignore[return-value]
+
+
+def parse_history(data: Any) -> Dict[str, List[Sample]]:
+    """The samples of a decoded history document (key string → samples). ``ValueError`` with a
+    short reason if it is not a cost history."""
+    if not isinstance(data, dict):
+        raise ValueError(f"not a JSON object (a {type(data).__name__})")
+    if data.get("format", HISTORY_FORMAT) != HISTORY_FORMAT:
+        raise ValueError(f"format {data.get('format')!r}, not {HISTORY_FORMAT!r}")
+    samples = data.get("samples", {})
+    if not isinstance(samples, dict):
+        raise ValueError("'samples' is not an object")
+    out: Dict[str, List[Sample]] = {}
+    try:
+        for kstr, lst in samples.items():
+            out[str(kstr)] = [(float(x), float(t)) for x, t in lst]
+    except (TypeError, ValueError):
+        raise ValueError(f"the samples of {kstr!r} are not [size, seconds] pairs") from None
+    return out
+
+
+def merge_samples(existing: Mapping[str, Sequence[Sample]], new: Mapping[Key, Iterable[Sample]]) -> Dict[str, List[Sample]]:
+    """``existing`` (from the file) plus this run's ``new`` samples; each key keeps its newest
+    :data:`MAX_SAMPLES_PER_KEY`."""
+    merged = {k: list(v) for k, v in existing.items()}
+    for key, samples in new.items():
+        lst = merged.setdefault(_key_str(key), [])
+        lst.extend(samples)
+        del lst[:-MAX_SAMPLES_PER_KEY]
+    return merged
+
+
+def history_document(samples: Mapping[str, Sequence[Sample]]) -> Dict[str, Any]:
+    """The JSON document of a history: the samples, and (for people reading it) the fit of each key."""
+    fits = {}
+    for kstr, lst in samples.items():
+        key = _str_key(kstr)
+        fit = fit_power_law(lst, method_exponent(key[1], key[0]) if key else DEFAULT_EXPONENT)
+        if fit:
+            fits[kstr] = {"prefactor": fit.prefactor, "exponent": fit.exponent, "n": fit.n}
+    return {"format": HISTORY_FORMAT, "version": 1, "fits": fits, "samples": {k: [list(s) for s in v] for k, v in samples.items()}}
+
+
+# ------------------------------------------------------------------------------------------------
+# the history file: I/O
+# ------------------------------------------------------------------------------------------------
+
+
+def _read_history(path: str) -> Dict[str, List[Sample]]:
+    """The samples in ``path``: FileNotFoundError if there is none, another OSError if it cannot
+    be read, ValueError (a short reason) if it is not a cost history."""
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"not valid JSON ({exc})") from None
+    return parse_history(data)
+
+
+def _reason(exc: BaseException) -> str:
+    return (exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)) or type(exc).__name__
+
+
+@contextlib.contextmanager
+def _locked(lock_path: str, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
+    """An exclusive ``flock`` on ``lock_path`` (created, never removed: removing a lock file races
+    with the next locker). ``TimeoutError`` after ``timeout`` seconds; where the file system has
+    no ``flock`` (some NFS/Lustre mounts), unlocked, and that is logged."""
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        deadline = time.monotonic() + timeout
+        while fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(errno.ETIMEDOUT, f"another run held {lock_path} for {timeout:.0f} s") from None
+                time.sleep(0.01)
+            except OSError as exc:  # ENOLCK, ENOSYS, EOPNOTSUPP: this file system cannot lock
+                logger.info("cost history: cannot lock %s (%s); saving without a lock", lock_path, _reason(exc))
+                break
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _write_atomically(path: str, data: Mapping[str, Any]) -> None:
+    """Write ``data`` as JSON to a uniquely named temporary file next to ``path``, then rename it
+    over ``path`` (readers see the old file or the new one, never a part)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        with contextlib.suppress(OSError):  # keep a shared file's permissions (mkstemp makes 0600)
+            os.chmod(tmp, os.stat(path).st_mode & 0o7777)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 class CostModel:
     """Estimates and calibrates fragment costs for one run.
 
     ``specifications`` is mc → {"program", "specification": {"model": {"method", "basis"}, "driver"}}.
+    ``history``: a cost-history file to start from and (:meth:`save`) to add this run's
+    measurements to; None (the default of the Python API: explicit opt-in) keeps none.
     """
 
     def __init__(self, molecule: Any, specifications: Mapping[str, Mapping[str, Any]], history: Optional[str] = None):
@@ -222,9 +414,14 @@ class CostModel:
             basis = model.get("basis")
             self.basis[mc] = basis.lower() if isinstance(basis, str) and basis.strip() else None
         self.fits: Dict[Key, Fit] = {}
-        self.samples: Dict[Key, List[Tuple[float, float]]] = {}
-        self.new_samples: Dict[Key, List[Tuple[float, float]]] = {}
-        self._last_fit_n: Dict[Key, int] = {}
+        #: samples of earlier runs (from the history file), at most MAX_SAMPLES_PER_KEY per key
+        self.history: Dict[Key, List[Sample]] = {}
+        #: this run's samples not yet saved (the newest MAX_SAMPLES_PER_KEY per key)
+        self.new_samples: Dict[Key, Deque[Sample]] = {}
+        self._observed: Dict[Key, int] = {}  # this run's measurements per key (all of them)
+        self._fitted_at: Dict[Key, int] = {}  # _observed at the key's last in-run fit
+        #: task id → the first estimate handed out for it (what the run started with)
+        self.initial_estimates: Dict[int, float] = {}
         # per-fragment sizes: number of real atoms, basis functions per model chemistry's basis
         numbers = [int(z) for z in molecule.atomic_numbers]
         self._frag_atoms = [len(f) for f in molecule.fragments]
@@ -258,7 +455,8 @@ class CostModel:
         return self.fit_for(self.keys[mc])(self.size(mc, real, basis_frags))
 
     def estimate_tasks(self, tasks: Iterable[Any]) -> Dict[int, float]:
-        """Estimates for FragmentTasks (also stored on them)."""
+        """Estimates for FragmentTasks (also stored on them; the first one of each task is kept in
+        :attr:`initial_estimates`)."""
         out = {}
         issued = self._issued
         for t in tasks:
@@ -267,6 +465,11 @@ class CostModel:
             t.cost = self.fit_for(key)(x)
             issued[(key, x)] = t.cost
             out[t.id] = t.cost
+        if not self.initial_estimates:
+            self.initial_estimates = dict(out)
+        else:
+            for tid, c in out.items():
+                self.initial_estimates.setdefault(tid, c)
         return out
 
     def reestimate(self, tasks: Iterable[Any]) -> Optional[Dict[int, float]]:
@@ -312,75 +515,92 @@ class CostModel:
 
     # -- calibration ------------------------------------------------------------------------------
     def observe(self, mc: str, real: Sequence[int], basis_frags: Sequence[int], seconds: float) -> None:
+        """Record one measurement of this run."""
         key = self.keys[mc]
-        sample = (self.size(mc, real, basis_frags), float(seconds))
-        self.samples.setdefault(key, []).append(sample)
-        self.new_samples.setdefault(key, []).append(sample)
+        new = self.new_samples.get(key)
+        if new is None:
+            new = self.new_samples[key] = collections.deque(maxlen=MAX_SAMPLES_PER_KEY)
+        new.append((self.size(mc, real, basis_frags), float(seconds)))
+        self._observed[key] = self._observed.get(key, 0) + 1
 
     def refit(self, force: bool = False) -> bool:
-        """Refit keys whose sample count doubled since their last fit (or all, if ``force``).
-        Returns whether any fit changed."""
+        """Refit the keys whose count of *this run's* samples reached :data:`MIN_REFIT_SAMPLES`,
+        then doubled since their last fit (all keys with ``force``). History samples take part, but
+        weigh together as :data:`HISTORY_WEIGHT` samples at most. Returns whether any fit changed."""
         changed = False
-        for key, samples in self.samples.items():
-            n = len(samples)
-            last = self._last_fit_n.get(key, 0)
-            if not force and n < max(3, 2 * last):
+        for key in set(self.history) | set(self.new_samples):
+            n = self._observed.get(key, 0)
+            if not force and n < max(MIN_REFIT_SAMPLES, 2 * self._fitted_at.get(key, 0)):
                 continue
-            if len(samples) > MAX_SAMPLES_PER_KEY:
-                samples[:] = samples[-MAX_SAMPLES_PER_KEY:]
-            fit = fit_power_law(samples, method_exponent(key[1], key[0]))
+            self._fitted_at[key] = n
+            fit = self._fit(key)
             if fit is not None:
                 self.fits[key] = fit
-                self._last_fit_n[key] = n
                 changed = True
         return changed
 
+    def _fit(self, key: Key) -> Optional[Fit]:
+        old = self.history.get(key, [])
+        new = list(self.new_samples.get(key, ()))
+        w_old = min(1.0, HISTORY_WEIGHT / len(old)) if new and old else 1.0
+        return fit_power_law(old + new, method_exponent(key[1], key[0]), [w_old] * len(old) + [1.0] * len(new))
+
     # -- history file -----------------------------------------------------------------------------
-    @staticmethod
-    def _key_str(key: Key) -> str:
-        return "|".join(key)
-
-    def load(self, path: str) -> None:
+    def load(self, path: str) -> bool:
+        """Start from the history in ``path``; returns whether there was one. A missing file is an
+        empty history; one that cannot be read or is not a cost history is logged (a warning) and
+        ignored — :meth:`save` moves it aside."""
         try:
-            with open(path) as fh:
-                data = json.load(fh)
-        except FileNotFoundError:
-            return
+            samples = _read_history(path)
+        except (FileNotFoundError, NotADirectoryError):
+            logger.debug("cost history %s: none yet", path)
+            return False
         except (OSError, ValueError) as exc:
-            raise ValueError(f"cost history {path}: cannot read it ({exc})") from None
-        for kstr, samples in data.get("samples", {}).items():
-            key = tuple(kstr.split("|"))
-            if len(key) == 3:
-                self.samples.setdefault(key, []).extend((float(x), float(t)) for x, t in samples)  # type: ignore[arg-type]
+            logger.warning("cost history %s: ignored, %s", path, _reason(exc))
+            return False
+        for kstr, lst in samples.items():
+            key = _str_key(kstr)
+            if key is not None and lst:
+                self.history[key] = lst[-MAX_SAMPLES_PER_KEY:]
         self.refit(force=True)
-        self._last_fit_n = {k: len(v) for k, v in self.samples.items()}
+        logger.debug(
+            "cost history %s: %d timings of %d program/method/driver",
+            path, sum(map(len, self.history.values())), len(self.history),
+        )
+        return True
 
-    def save(self, path: Optional[str] = None) -> None:
-        """Merge this run's measurements into the history file (atomically replaced)."""
+    def save(self, path: Optional[str] = None) -> bool:
+        """Merge this run's measurements into the history file; returns whether it was written.
+
+        Under an exclusive lock on ``<path>.lock`` (runs sharing the file, e.g. a Slurm job array,
+        lose none of each other's samples): read, merge, write a temporary file in the same
+        directory, rename it over ``path``. A file that is not a cost history is moved aside to
+        ``<path>.corrupt`` (a warning) and a new one started. Any OSError (a directory that cannot be
+        made or written, a lock held too long) is a one-line warning and False, never an exception."""
         path = path or self.history_path
         if not path:
-            return
-        merged: Dict[str, List[Tuple[float, float]]] = {}
+            return False
+        if not any(self.new_samples.values()):
+            return True  # nothing measured: nothing to add
         try:
-            with open(path) as fh:
-                merged = {k: [tuple(s) for s in v] for k, v in json.load(fh).get("samples", {}).items()}
-        except (OSError, ValueError):
-            merged = {}
-        for key, new in self.new_samples.items():
-            lst = merged.setdefault(self._key_str(key), [])
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            with _locked(path + ".lock"):
+                try:
+                    existing = _read_history(path)
+                except FileNotFoundError:
+                    existing = {}
+                except ValueError as exc:
+                    os.replace(path, path + ".corrupt")
+                    logger.warning("cost history %s: %s; moved to %s.corrupt, starting a new one", path, exc, path)
+                    existing = {}
+                merged = merge_samples(existing, self.new_samples)
+                _write_atomically(path, history_document(merged))
+        except OSError as exc:
+            logger.warning("cost history %s: this run's timings not saved (%s)", path, _reason(exc))
+            return False
+        for key, new in self.new_samples.items():  # saved: they are history now (never saved twice)
+            lst = self.history.setdefault(key, [])
             lst.extend(new)
             del lst[:-MAX_SAMPLES_PER_KEY]
-        fits = {}
-        for kstr, samples in merged.items():
-            key = tuple(kstr.split("|"))
-            fit = fit_power_law(samples, method_exponent(key[1], key[0]) if len(key) == 3 else DEFAULT_EXPONENT)
-            if fit:
-                fits[kstr] = {"prefactor": fit.prefactor, "exponent": fit.exponent, "n": fit.n}
-        data = {"format": "qcmb_hpc-cost-history", "version": 1, "fits": fits, "samples": merged}
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".cost-history-")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh)
-        os.replace(tmp, path)
         self.new_samples = {}
+        return True

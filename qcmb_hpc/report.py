@@ -2,31 +2,65 @@
 
 ``LB = max(sum of fragment times / workers, longest fragment)`` is a bound no schedule can beat
 (ignoring start-up); ``efficiency = LB / makespan``.
+
+The estimate rank correlation pairs each fragment computed in this run with the estimate it had
+when the run started (before any in-run refit re-estimated it) and the time of its *successful*
+attempt (a failed or cut attempt of a fragment that later succeeded is not a measure of its cost).
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .cost import spearman
 from .schedule import makespan_lower_bound
 
-__all__ = ["run_report", "summary_line"]
+__all__ = ["run_report", "summary_line", "successful_seconds", "estimate_pairs"]
 
 
-def run_report(outcome: Any, tasks: List[Any], n_workers: int, mode: str, wall: float) -> Dict[str, Any]:
-    """A JSON-able report of one run (stored in ``ManyBodyResult.extras["qcmb_hpc"]``)."""
+def successful_seconds(timings: Sequence[Tuple[int, int, float, float]], succeeded: Any) -> Dict[int, float]:
+    """Task id → seconds of its successful attempt, for the ids in ``succeeded``. The coordinator
+    records every attempt in ``timings`` (task, worker, start, seconds) and none after a task's
+    success, so a succeeded task's last entry is its success; restored tasks have no entry."""
+    out: Dict[int, float] = {}
+    for tid, _w, _start, sec in timings:
+        if tid in succeeded:
+            out[tid] = sec
+    return out
+
+
+def estimate_pairs(
+    timings: Sequence[Tuple[int, int, float, float]], succeeded: Any, estimates: Mapping[int, float]
+) -> Tuple[List[float], List[float]]:
+    """(estimates, measured seconds) of the tasks that succeeded in this run, in one order."""
+    est: List[float] = []
+    meas: List[float] = []
+    for tid, sec in successful_seconds(timings, succeeded).items():
+        if tid in estimates:
+            est.append(estimates[tid])
+            meas.append(sec)
+    return est, meas
+
+
+def run_report(
+    outcome: Any,
+    tasks: List[Any],
+    n_workers: int,
+    mode: str,
+    wall: float,
+    initial_costs: Optional[Mapping[int, float]] = None,
+) -> Dict[str, Any]:
+    """A JSON-able report of one run (stored in ``ManyBodyResult.extras["qcmb_hpc"]``).
+
+    ``initial_costs``: task id → the estimate the task had when the run started
+    (:attr:`qcmb_hpc.cost.CostModel.initial_estimates`). Without it the tasks' current ``cost`` is
+    used, which an in-run refit may have changed after the task ran."""
     seconds = [s for (_, _, _, s) in outcome.timings]
     busy: Dict[int, float] = {}
     for _, w, _, s in outcome.timings:
         busy[w] = busy.get(w, 0.0) + s
-    by_id = {t.id: t for t in tasks}
-    ok_ids = set(outcome.properties) - set()
-    est, meas = [], []
-    for tid, _w, _st, s in outcome.timings:
-        if tid in ok_ids and tid in by_id:
-            est.append(by_id[tid].cost)
-            meas.append(s)
+    estimates = initial_costs if initial_costs is not None else {t.id: t.cost for t in tasks}
+    est, meas = estimate_pairs(outcome.timings, outcome.properties, estimates)
     lb = makespan_lower_bound(seconds, n_workers) if seconds else 0.0
     makespan = outcome.makespan
     computed = len(outcome.properties) - outcome.restored
@@ -50,6 +84,14 @@ def run_report(outcome: Any, tasks: List[Any], n_workers: int, mode: str, wall: 
         "steal_requests": outcome.steal_requests,
         "estimate_rank_correlation": spearman(est, meas),
         "lost_workers": list(outcome.lost_workers),
+        # child processes restarted after a crash, kill or timeout (workers report it in their BYE)
+        "restarts": sum(int(w.get("restarts") or 0) for w in outcome.workers.values()),
+        # where each worker ran and what it was given (from its READY message: each worker, or MPI
+        # rank, fits itself to its own node)
+        "worker_layout": {
+            str(w): {k: info.get(k) for k in ("host", "threads", "memory", "isolated")}
+            for w, info in sorted(outcome.workers.items())
+        },
         "incomplete": outcome.incomplete,
     }
     return rep
@@ -72,4 +114,6 @@ def summary_line(rep: Dict[str, Any]) -> str:
         parts.append(f"estimate rank correlation {rho:.2f}")
     if rep.get("steals"):
         parts.append(f"{rep['steals']} steals")
+    if rep.get("restarts"):
+        parts.append(f"{rep['restarts']} worker restart{'s' if rep['restarts'] != 1 else ''}")
     return "qcmb_hpc: " + ", ".join(parts)

@@ -7,7 +7,13 @@ their shape, so they read back to the last bit), and where and how long it ran. 
 coordinator writes; each batch of records is flushed and fsynced before its fragments count.
 
 Reading tolerates a torn last line (the job was killed mid-write): it is cut off and that fragment
-is recomputed. Any other damage is a :class:`JournalError` naming the line.
+is recomputed. Any other damage is a :class:`JournalError` naming the line — a line that is not
+JSON, and also a record that is JSON but not a fragment record (:func:`check_record`: ``label`` a
+string, ``properties`` an object whose every value decodes with :func:`decode_properties`,
+``atomic_result`` absent, null or a valid ``AtomicResult``). A write cut short is never valid JSON, so a record
+of the wrong shape is damage, not a torn write, wherever it is. Records are checked when the
+journal is read, so a bad one is reported by its line before any work starts, not as a traceback
+when the result is assembled.
 """
 
 from __future__ import annotations
@@ -16,11 +22,11 @@ import json
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, Optional, Tuple
 
 import numpy as np
 
-__all__ = ["Journal", "JournalError", "JournalMismatch", "encode_properties", "decode_properties"]
+__all__ = ["Journal", "JournalError", "JournalMismatch", "encode_properties", "decode_properties", "check_record"]
 
 FORMAT = "qcmb_hpc-journal"
 VERSION = 1
@@ -46,13 +52,81 @@ def encode_properties(props: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def decode_properties(data: Dict[str, Any]) -> Dict[str, Any]:
+    """The inverse of :func:`encode_properties`. A value that is not what ``encode_properties``
+    writes (a number, or ``{"shape": [...], "data": [numbers]}`` with as many numbers as the shape
+    holds) is a ``ValueError`` naming the property."""
+    if not isinstance(data, dict):
+        raise ValueError(f"properties is {_kind(data)}, not an object")
     out: Dict[str, Any] = {}
     for k, v in data.items():
-        if isinstance(v, dict):
-            out[k] = np.array(v["data"], dtype=float).reshape(v["shape"])
-        else:
-            out[k] = float(v)
+        out[k] = _decode_value(k, v)
     return out
+
+
+def _decode_value(key: str, v: Any) -> Any:
+    if isinstance(v, bool) or v is None or isinstance(v, str):
+        raise ValueError(f"property {key!r} is {_kind(v)}, not a number or an array")
+    if isinstance(v, (int, float)):
+        try:
+            return float(v)
+        except OverflowError:
+            raise ValueError(f"property {key!r} is a number too large for a float") from None
+    if not isinstance(v, dict):
+        raise ValueError(f"property {key!r} is {_kind(v)}, not a number or an array")
+    if set(v) != {"shape", "data"}:
+        raise ValueError(f"property {key!r} is an object without exactly 'shape' and 'data'")
+    shape, flat = v["shape"], v["data"]
+    if not isinstance(shape, list) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
+        raise ValueError(f"property {key!r} has shape {shape!r}, not a list of sizes")
+    if not isinstance(flat, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in flat):
+        raise ValueError(f"property {key!r} has data that is not a flat list of numbers")
+    size = int(np.prod(shape)) if shape else 1
+    if len(flat) != size:
+        raise ValueError(f"property {key!r} has {len(flat)} values for shape {shape}")
+    try:
+        return np.array(flat, dtype=float).reshape(shape)
+    except OverflowError:
+        raise ValueError(f"property {key!r} has a number too large for a float") from None
+
+
+def _kind(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, str):
+        return f"a string ({v[:20]!r})"
+    if isinstance(v, list):
+        return "a list"
+    if isinstance(v, dict):
+        return "an object"
+    return type(v).__name__
+
+
+def check_record(obj: Dict[str, Any]) -> None:
+    """Raise ``ValueError`` (saying what is wrong) unless ``obj`` is a fragment record as the
+    coordinator writes it: ``label`` a string, ``properties`` decodable, ``atomic_result`` (when
+    there) null or a valid ``AtomicResult``."""
+    if "label" not in obj or "properties" not in obj:
+        raise ValueError("record without label/properties")
+    if not isinstance(obj["label"], str) or not obj["label"]:
+        raise ValueError(f"label is {_kind(obj['label'])}, not a fragment label")
+    decode_properties(obj["properties"])
+    atomic = obj.get("atomic_result")
+    if atomic is not None:
+        if not isinstance(atomic, dict):
+            raise ValueError(f"atomic_result is {_kind(atomic)}, not an object")
+        # kept only with protocols.cluster_results="all" (few fragments): validate it as the run
+        # will rebuild it, so a bad one is named here rather than failing in pydantic later
+        from pydantic import ValidationError
+        from qcelemental.models.v2 import AtomicResult
+
+        try:
+            AtomicResult.model_validate(atomic)
+        except ValidationError as exc:
+            first = exc.errors()[0] if exc.errors() else {}
+            where = ".".join(str(x) for x in first.get("loc", ())) or "?"
+            raise ValueError(f"atomic_result is not a valid AtomicResult ({where}: {first.get('msg', 'invalid')})") from None
 
 
 @dataclass
@@ -64,10 +138,11 @@ class Restored:
 class Journal:
     """Append-only journal. ``Journal.open`` reads what is there (resume) and positions for appending."""
 
-    def __init__(self, path: str, fh: Any, restored: Dict[str, Dict[str, Any]], torn: bool):
+    def __init__(self, path: str, fh: Any, restored: Dict[str, Dict[str, Any]], torn: bool, lines: Optional[Dict[str, int]] = None):
         self.path = path
         self._fh = fh
-        self.restored = restored
+        self.restored = restored  #: label → record (checked with :func:`check_record`)
+        self.lines = lines or {}  #: label → the line its record is on (to name it in a later error)
         self.torn = torn
         self.written = 0
 
@@ -80,9 +155,10 @@ class Journal:
         path = os.path.abspath(path)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         restored: Dict[str, Dict[str, Any]] = {}
+        lines: Dict[str, int] = {}
         torn = False
         if os.path.exists(path) and not fresh:
-            restored, good_bytes, torn = cls._read(path, fingerprint)
+            restored, good_bytes, torn, lines = cls._read(path, fingerprint)
             if good_bytes is None:  # empty file
                 fresh = True
             else:
@@ -98,20 +174,21 @@ class Journal:
             os.replace(tmp, path)
             _fsync_dir(path)
         fh = open(path, "a")
-        return cls(path, fh, restored, torn)
+        return cls(path, fh, restored, torn, lines)
 
     @staticmethod
-    def _read(path: str, fingerprint: str) -> Tuple[Dict[str, Dict[str, Any]], Optional[int], bool]:
+    def _read(path: str, fingerprint: str) -> Tuple[Dict[str, Dict[str, Any]], Optional[int], bool, Dict[str, int]]:
         with open(path, "rb") as fh:
             data = fh.read()
         if not data.strip():
-            return {}, None, False
+            return {}, None, False, {}
         lines = data.split(b"\n")
         # a file that does not end in a newline has a torn last line
         complete, tail = lines[:-1], lines[-1]
         torn = bool(tail.strip())
         offset = 0
         records: Dict[str, Dict[str, Any]] = {}
+        where: Dict[str, int] = {}
         good = 0
         for lineno, raw in enumerate(complete, start=1):
             line_end = offset + len(raw) + 1
@@ -133,16 +210,20 @@ class Journal:
                         "use --fresh to discard it or --checkpoint to choose another file"
                     )
             else:
-                if "label" not in obj or "properties" not in obj:
-                    raise JournalError(f"checkpoint {path} is corrupt at line {lineno}: record without label/properties")
+                try:
+                    check_record(obj)
+                except ValueError as exc:
+                    # valid JSON is a complete write: a record of the wrong shape is damage, even last
+                    raise JournalError(f"checkpoint {path} is corrupt at line {lineno}: {exc}") from None
                 records[obj["label"]] = obj
+                where[obj["label"]] = lineno
             offset = line_end
             good = line_end
         if good == 0:  # not even a header
             if torn:
-                return {}, None, True
+                return {}, None, True, {}
             raise JournalError(f"checkpoint {path} is corrupt at line 1: no header")
-        return records, good, torn
+        return records, good, torn, where
 
     # ------------------------------------------------------------------------------------------
     def append(self, records: Iterable[Dict[str, Any]]) -> int:

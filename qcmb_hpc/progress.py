@@ -9,10 +9,11 @@ fragment is.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
-from typing import IO, Any, Dict, Iterable, List, Optional, Sequence
+from typing import IO, Any, Dict, Iterable, Optional, Sequence, Tuple
 
 __all__ = [
     "ProgressReporter",
@@ -76,7 +77,10 @@ class MultiProgressReporter(ProgressReporter):
 
 class ConsoleProgressReporter(ProgressReporter):
     """A progress bar on a terminal (tqdm); plain periodic lines when the stream is not a terminal
-    (a Slurm output file, a pipe)."""
+    (a Slurm output file, a pipe): one per 10% of the fragments or per ``interval`` seconds.
+
+    The bar follows the terminal's width; a terminal that reports no size (a fresh pseudo-terminal)
+    gets ``$COLUMNS`` (else 80) columns. It starts at the fragments restored from a checkpoint."""
 
     def __init__(self, show_progress_bar: bool = True, stream: Optional[IO[str]] = None, interval: float = 10.0):
         self.stream = stream or sys.stderr
@@ -93,11 +97,19 @@ class ConsoleProgressReporter(ProgressReporter):
         self._lock = threading.Lock()
 
     def _ensure_bar(self) -> None:
+        """Start the bar (at the fragments already done, e.g. restored from a checkpoint)."""
         if self.use_bar and self._bar is None and self.total:
             from tqdm import tqdm
 
             tqdm.monitor_interval = 0  # no monitor thread (workers are forked)
-            self._bar = tqdm(total=self.total, initial=self.done, file=self.stream, unit="frag", dynamic_ncols=True)
+            size: Dict[str, Any] = {"dynamic_ncols": True}
+            columns, rows = _terminal_size(self.stream)
+            if columns <= 0 or rows <= 0:
+                # a terminal that reports no size (a fresh pty: `srun --pty`, `docker run -t`, CI
+                # runners): tqdm would take 0 columns / -1 rows from it and draw nothing at all
+                size = {"ncols": columns if columns > 0 else _env_int("COLUMNS", 80),
+                        "nrows": rows if rows > 0 else _env_int("LINES", 24)}
+            self._bar = tqdm(total=self.total, initial=self.done, file=self.stream, unit="frag", **size)
 
     def _line(self, text: str) -> None:
         if self._bar is not None:
@@ -112,17 +124,20 @@ class ConsoleProgressReporter(ProgressReporter):
 
     def on_fragments_restored(self, count):
         self.done += count
+        if self._bar is not None:
+            self._bar.update(count)
         if count:
             self._line(f"qcmb_hpc: {count} fragments restored from the checkpoint")
 
     def on_fragment_completed(self, fragment_label, success):
         with self._lock:
+            if self.use_bar:
+                self._ensure_bar()  # before counting: the bar starts at what was done before
             self.done += 1
             if not success:
                 self.failed += 1
                 self._line(f"qcmb_hpc: fragment {fragment_label} failed")
-            if self.use_bar:
-                self._ensure_bar()
+            if self._bar is not None:
                 self._bar.update(1)
                 return
             now = time.perf_counter()
@@ -147,6 +162,23 @@ class ConsoleProgressReporter(ProgressReporter):
             self._bar.close()
             self._bar = None
         self._line(f"qcmb_hpc: all {self.total} fragments done in {total_duration:.2f} s")
+
+
+def _terminal_size(stream: Any) -> Tuple[int, int]:
+    """(columns, rows) of the terminal ``stream`` is on; 0 where unknown or not reported."""
+    try:
+        size = os.get_terminal_size(stream.fileno())
+        return size.columns, size.lines
+    except (AttributeError, OSError, ValueError):
+        return 0, 0
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        value = int(os.environ.get(name, ""))
+    except ValueError:
+        return default
+    return value if value > 0 else default
 
 
 class FileProgressReporter(ProgressReporter):

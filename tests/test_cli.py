@@ -9,7 +9,10 @@ import sys
 import pytest
 
 from conftest import HERE, REPO, assert_same_result, reference
+from qcmb_hpc.plan import RunSpec, build_atomic_input, make_plan
+from qcmb_hpc.testing.engines import fragment_key
 from qcmb_hpc.testing.inputs import many_body_input, water_cluster
+from test_parity import assert_full_parity
 
 
 def run_cli(args, cwd, env=None, timeout=240):
@@ -91,6 +94,8 @@ def test_v1_input_gives_v1_result(tmp_path, trimer):
     assert data.get("schema_version") == 1
     ref = reference(inp)
     assert abs(data["return_result"] - ref.return_result) == 0.0
+    # the whole v1 result, field by field, as upstream's v2 result converted to v1 writes it
+    assert_full_parity(json.loads(ref.convert_v(1).json()), data)
 
 
 def test_environment_and_flags(tmp_path, trimer_input):
@@ -128,6 +133,104 @@ def test_fragment_failure_exit_1(tmp_path, trimer):
     assert "Traceback" not in proc.stderr
     assert "failed" in proc.stderr and "qcmb_test" in proc.stderr and "input_error" in proc.stderr
     assert "is not known" in proc.stderr  # the engine's own message
+
+
+def _journal_labels(path):
+    lines = path.read_text().splitlines()
+    return [json.loads(ln)["label"] for ln in lines[1:]]
+
+
+def test_parallel_machinery_broken_without_fallback_exit_4(tmp_path, trimer):
+    """Without isolation a 'kill' fault takes each worker process down. With
+    --no-fallback-to-sequential that is exit 4, the error on stderr's last line (no traceback) and
+    the checkpoint left valid; with the fallback (the default) the same faults give exit 0 and the
+    right result, computed sequentially."""
+    import shutil
+
+    faults = tmp_path / "faults"
+    faults.mkdir()
+    kw = {"fault_dir": str(faults), "p": 1.0, "kinds": ["kill"], "faulty_attempts": 1}
+    inp = many_body_input(trimer, program="qcmb_fault", keywords=kw, bsse_type=["cp"])
+    path = write_input(tmp_path / "kill.json", inp)
+    args = [str(path), "--import", "qcmb_hpc.testing.engines", "--no-progress", "--mode", "multiprocessing",
+            "--workers", "2", "--no-isolate-fragments"]
+    proc = run_cli([*args, "--no-fallback-to-sequential"], cwd=tmp_path)
+    assert proc.returncode == 4, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("qcmb_hpc: error: ") and "every worker is gone" in last, proc.stderr
+    assert "killed by SIGKILL" in last
+    assert not (tmp_path / "kill.result.json").exists()
+    ckpt = tmp_path / "kill.checkpoint.jsonl"
+    assert json.loads(ckpt.read_text().splitlines()[0])["format"] == "qcmb_hpc-journal"
+    # quieter logging leaves exactly the one error line
+    shutil.rmtree(faults)
+    faults.mkdir()
+    proc = run_cli([*args, "--no-fallback-to-sequential", "--log-level", "ERROR"], cwd=tmp_path)
+    assert proc.returncode == 4, proc.stderr
+    assert "every worker is gone" in one_error_line(proc)
+    # the same faults with the fallback: the run continues sequentially and is right
+    shutil.rmtree(faults)
+    faults.mkdir()
+    proc = run_cli(args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "continuing sequentially" in proc.stderr
+    res = load_result(tmp_path / "kill.result.json")
+    assert res.extras["qcmb_hpc"]["mode"] == "sequential" and res.extras["qcmb_hpc"]["lost_workers"]
+    ref = reference(many_body_input(trimer, program="qcmb_fault", keywords={**kw, "p": 0.0}, bsse_type=["cp"]))
+    assert_same_result(ref, res, exact=True, check_shape=False)
+
+
+def test_fragment_that_keeps_failing_exit_1_after_finishing_the_others(tmp_path, trimer):
+    """One fragment fails with a retryable error on every attempt (1 + --max-retries); every other
+    fragment is finished and in the checkpoint; stderr names the label, the program and each
+    attempt; a rerun does not recompute what was saved."""
+    faults = tmp_path / "faults"
+    faults.mkdir()
+    max_retries = 2
+    kw = {"fault_dir": str(faults), "p": 1.0, "kinds": ["fail"], "faulty_attempts": max_retries + 1}
+    inp = many_body_input(trimer, program="qcmb_fault", keywords=kw, bsse_type=["cp", "nocp"], driver="gradient")
+    plan = make_plan(inp)
+    spec = RunSpec(molecule=plan.core.molecule, specifications=plan.specifications)
+    key_of = {t.label: fragment_key(build_atomic_input(spec, t.label)[1]) for t in plan.tasks}
+    bad = plan.tasks[len(plan.tasks) // 2].label
+    # every other fragment has used up its faulty attempts already (the engine counts attempts with
+    # files "<key>.<n>" in fault_dir): its next attempt succeeds; `bad` fails every attempt
+    for label, key in key_of.items():
+        if label != bad:
+            for n in range(1, max_retries + 2):
+                (faults / f"{key}.{n}").write_text("pre")
+    path = write_input(tmp_path / "flaky.json", inp)
+    proc = run_cli(
+        [str(path), "--import", "qcmb_hpc.testing.engines", "--no-progress", "--mode", "multiprocessing",
+         "--workers", "2", "--max-retries", str(max_retries)],
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 1, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    err = proc.stderr
+    assert f"fragment {bad} (program qcmb_fault) failed after {max_retries + 1} attempt(s)" in err, err
+    assert "random_error" in err and "injected failure" in err  # the engine's own message
+    for k in range(1, max_retries + 2):
+        assert f"attempt {k} on worker" in err, err
+    n = len(plan.tasks)
+    assert f"{n - 1} of {n} finished and checkpointed" in err, err
+    assert not (tmp_path / "flaky.result.json").exists()
+    ckpt = tmp_path / "flaky.checkpoint.jsonl"
+    saved = _journal_labels(ckpt)
+    assert sorted(saved) == sorted(t.label for t in plan.tasks if t.label != bad)  # all the others, once each
+    # the bad fragment really ran 1 + max_retries times, retried on the other worker
+    assert len([f for f in os.listdir(faults) if f.startswith(key_of[bad] + ".")]) == max_retries + 1
+    import re
+
+    assert len(set(re.findall(r"attempt \d+ on worker (\d+)", err))) == 2, err
+    # the rerun restores the others and only tries the bad one again (its faulty attempts are used up)
+    proc = run_cli([str(path), "--import", "qcmb_hpc.testing.engines", "--no-progress"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rep = load_result(tmp_path / "flaky.result.json").extras["qcmb_hpc"]
+    assert rep["restored"] == n - 1 and rep["computed"] == 1
+    ref = reference(many_body_input(trimer, program="qcmb_fault", keywords={**kw, "p": 0.0}, bsse_type=["cp", "nocp"], driver="gradient"))
+    assert_same_result(ref, load_result(tmp_path / "flaky.result.json"), exact=True, check_shape=False)
 
 
 def _bad_inputs(tmp_path, trimer):

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import assert_same_result
 from ranks_helpers import MPI_TEST_TIMEOUT, mpi_compute, ranks_in_step, root_reference, size  # noqa: F401 (autouse fixture)
-from test_parity import CASES, MULTILEVEL, SPECS  # the same matrix as the one-node tests
+from test_parity import MATRIX, SPECS, assert_full_parity, matrix_input  # the same matrix as the one-node tests
 from qcmb_hpc.testing.inputs import many_body_input, water_cluster
 
 pytestmark = [pytest.mark.mpi(min_size=2), pytest.mark.timeout(MPI_TEST_TIMEOUT)]
@@ -15,27 +15,27 @@ TRIMER = water_cluster(3)
 TETRAMER = water_cluster(4)
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case", sorted(MATRIX))
 def test_parity_matrix(case):
-    inp = many_body_input(TRIMER, **CASES[case])
+    inp = matrix_input(case)
     res, _ = mpi_compute(inp)
     ref = root_reference(inp)
-    assert_same_result(ref, res, exact=True)
+    assert_full_parity(ref, res)
     rep = res.extras["qcmb_hpc"]
     assert rep["mode"] == "mpi"
     assert rep["workers"] == size() - 1
     assert rep["computed"] == rep["fragments"] == ref.properties.calcinfo_nmbe
 
 
-@pytest.mark.parametrize("case", sorted(MULTILEVEL))
 @pytest.mark.parametrize("driver", ["energy", "gradient"])
-def test_parity_multilevel(case, driver):
-    kw = dict(MULTILEVEL[case])
-    levels = kw.pop("levels")
-    specs = {mc: SPECS[mc] for mc in levels.values()}
-    inp = many_body_input(TETRAMER, driver=driver, levels=levels, specifications=specs, **kw)
+def test_parity_multilevel_tetramer(driver):
+    """Multilevel with a supersystem two bodies above the levels (4 waters, levels 1 and 2)."""
+    specs = {mc: SPECS[mc] for mc in ("hi", "lo", "ss")}
+    inp = many_body_input(
+        TETRAMER, driver=driver, levels={1: "hi", 2: "lo", "supersystem": "ss"}, specifications=specs, bsse_type=["nocp", "cp"]
+    )
     res, _ = mpi_compute(inp)
-    assert_same_result(root_reference(inp), res, exact=True)
+    assert_full_parity(root_reference(inp), res)
 
 
 @pytest.mark.parametrize("strategy", ["static", "dynamic", "work_stealing", "adaptive"])
@@ -53,8 +53,7 @@ def test_v1_input_gives_v1_result():
     v1 = inp.convert_v(1)
     res, _ = mpi_compute(v1)
     assert res.schema_version == 1
-    ref = root_reference(inp)
-    assert_same_result(ref, res.convert_v(2), exact=True)
+    assert_full_parity(root_reference(inp).convert_v(1), res)
 
 
 def test_cluster_results_all():

@@ -95,7 +95,12 @@ class Coordinator:
         grace_period: float = 30.0,
         clock: Callable[[], float] = time.perf_counter,
         start_timeout: float = 600.0,
+        previous: Optional[RunOutcome] = None,
     ):
+        """``previous``: the outcome of a run this one continues (the sequential fallback after the
+        parallel machinery broke): its results, attempts and failures carry over — a fragment that
+        failed for good stays failed, retries count on — and the progress tracker goes on
+        where it was instead of starting again."""
         self.tasks = {t.id: t for t in tasks}
         self.endpoint = endpoint
         self.spec = spec
@@ -109,11 +114,21 @@ class Coordinator:
         self.start_timeout = start_timeout
         self.fixed_prefetch = prefetch
         self.out = RunOutcome()
-        restored = restored or {}
+        self.continuing = previous is not None
+        if previous is not None:
+            restored = dict(previous.properties)
+            self.out.restored = previous.restored
+            self.out.atomic_results.update(previous.atomic_results)
+            self.out.timings = list(previous.timings)
+            self.out.lost_workers = list(previous.lost_workers)
+            self.out.attempts = {tid: list(a) for tid, a in previous.attempts.items()}
+            self.out.failures = {tid: self.out.attempts.get(tid, list(a)) for tid, a in previous.failures.items()}
+        else:
+            restored = restored or {}
+            self.out.restored = len(restored)
         for tid, props in restored.items():
             self.out.properties[tid] = props
-        self.out.restored = len(restored)
-        todo = {t.id: t.cost for t in tasks if t.id not in restored}
+        todo = {t.id: t.cost for t in tasks if t.id not in restored and t.id not in self.out.failures}
         self.unresolved: Set[int] = set(todo)
         self.scheduler = Scheduler(
             todo, list(endpoint.workers), strategy, stealing=work_stealing, prefetch=prefetch or 1
@@ -126,7 +141,7 @@ class Coordinator:
         # dict after many deletions scans the deleted slots, O(workers) per take)
         self._idle: Dict[int, None] = collections.OrderedDict()
         self.said_bye: Set[int] = set()
-        self.failed_attempts: Dict[int, int] = {}
+        self._batch_ok: Set[int] = set()  # successes of the batch being handled, not yet counted
         self.stop_reason: Optional[str] = None
         self.stop_deadline: Optional[float] = None
         self.stop_sent = False
@@ -142,7 +157,7 @@ class Coordinator:
 
     def run(self) -> RunOutcome:
         t_start = self.clock()
-        if self.tracker is not None:
+        if self.tracker is not None and not self.continuing:
             self.tracker.start([self.tasks[tid].nbody for tid in self.out.properties])
         self.endpoint.setup(self.spec)
         wait = 0.0
@@ -161,7 +176,8 @@ class Coordinator:
             else:
                 wait = min(max(wait * 2, 1e-5), max_wait)
             if self.stop_deadline is None:
-                if msgs:  # nothing changed otherwise: an idle wait stays cheap (idle-rank CPU)
+                # (a stop requested by a signal since the top of this pass hands out nothing more)
+                if msgs and self.stop_reason is None:  # nothing changed otherwise: an idle wait stays cheap
                     self._dispatch()
             elif not self.stop_sent and (self._all_idle() or self.clock() >= self.stop_deadline):
                 self._send_stop()
@@ -195,6 +211,7 @@ class Coordinator:
     def _handle_batch(self, msgs: List[Tuple[int, T.Message]]) -> None:
         records: List[Dict[str, Any]] = []
         finished: List[FragmentOutcome] = []
+        self._batch_ok.clear()
         for wid, msg in msgs:
             kind = msg[0]
             if kind == T.RESULTS:
@@ -249,13 +266,14 @@ class Coordinator:
     def _accept(self, wid: int, out: FragmentOutcome) -> bool:
         """Bookkeeping for one attempt; returns whether it is a success to count."""
         tid = out.id
-        if tid not in self.unresolved:  # a duplicate can only come from a bug; never count twice
+        if tid not in self.unresolved or tid in self._batch_ok:  # a duplicate can only come from a bug; never count twice
             logger.warning("ignoring a second result for fragment %s from worker %s", tid, wid)
             self.scheduler.completed(wid, tid)
             return False
         self.out.timings.append((tid, wid, out.started, out.seconds))
         if out.ok:
             self.scheduler.completed(wid, tid)
+            self._batch_ok.add(tid)
             return True
         if out.error_type == "cancelled" or self.stop_reason is not None:
             # cut by a stop (or failed while stopping, e.g. the signal reached the QC program too):
@@ -375,6 +393,10 @@ class Coordinator:
                 self.out.failures[head] = self.out.attempts[head]
                 self.unresolved.discard(head)
                 drop.append(head)
+                task = self.tasks[head]
+                logger.error("fragment %s failed for good after %d attempt(s): worker_lost", task.label, len(self.out.attempts[head]))
+                if self.tracker is not None:
+                    self.tracker.completed(task.label, task.nbody, False)
         self.scheduler.remove_worker(wid, drop=drop)
         self._idle.update((w, None) for w in self.ready)  # the lost work is up for grabs
         logger.warning("worker %d lost (%s); its %d task(s) go to the others", wid, last[:200], len(sent))

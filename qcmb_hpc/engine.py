@@ -296,8 +296,13 @@ class ChildRunner:
         self._task: Optional[tuple] = None
         self._t0 = 0.0
         self._started_wall = 0.0
-        self.restarts = 0
+        self._spawned = 0
         self._host = socket.gethostname()
+
+    @property
+    def restarts(self) -> int:
+        """Fresh children started after the first (one per crash, kill or timeout)."""
+        return max(0, self._spawned - 1)
 
     # -- lifecycle -----------------------------------------------------------------------------
     def _spawn(self) -> None:
@@ -315,12 +320,12 @@ class ChildRunner:
             gc.unfreeze()
         child.close()
         self._proc, self._conn = proc, parent
+        self._spawned += 1
 
     def ensure_started(self) -> None:
         if self._proc is None or not self._proc.is_alive():
             if self._proc is not None:
                 self._reap()
-                self.restarts += 1
             self._spawn()
 
     def _reap(self) -> None:

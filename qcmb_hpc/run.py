@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import signal
 import sys
 import threading
@@ -41,11 +40,11 @@ from .errors import InputDataError, ParallelExecutionError, QCMBError
 from .plan import Plan, RunSpec, worker_parent
 from .progress import ConsoleProgressReporter, MultiProgressReporter, ProgressReporter, ProgressTracker
 from .resources import Layout, ResourceError, detect_node, plan_layout
-from .worker import import_modules, scratch_root
+from .worker import check_scratch, import_modules, scratch_root
 
 logger = logging.getLogger("qcmb_hpc")
 
-__all__ = ["resolve_mode", "RunInfo", "run_local", "run_mpi", "STOP_SIGNALS"]
+__all__ = ["resolve_mode", "RunInfo", "run_local", "run_mpi", "STOP_SIGNALS", "stop_received"]
 
 STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGUSR1")
 
@@ -57,6 +56,7 @@ class RunInfo:
     layout: Optional[Layout]
     wall: float
     fell_back: Optional[str] = None  #: why the run continued sequentially, if it did
+    initial_costs: Optional[Dict[int, float]] = None  #: task id → estimate when the run started
 
 
 # ------------------------------------------------------------------------------------------------
@@ -66,7 +66,12 @@ class RunInfo:
 
 def resolve_mode(config: ParallelConfig, environ: Optional[Dict[str, str]] = None) -> ParallelMode:
     """ADAPTIVE → MPI when launched with more than one rank, else MULTIPROCESSING when more than one
-    usable core, else SEQUENTIAL. Other modes are taken as given."""
+    usable core, else SEQUENTIAL. Other modes are taken as given.
+
+    "Launched with more than one rank" is read from the launcher's variables (``PMI_SIZE``,
+    ``OMPI_COMM_WORLD_SIZE``, an ``srun`` step's task count), not from ``COMM_WORLD.size``: the
+    answer is the same, and a plain ``python`` run never initialises MPI. A launcher whose world
+    MPI then sees as one rank is refused by :func:`~qcmb_hpc.transport.mpi.check_world`."""
     from .transport.mpi import under_launcher
 
     if config.mode != ParallelMode.ADAPTIVE:
@@ -77,7 +82,7 @@ def resolve_mode(config: ParallelConfig, environ: Optional[Dict[str, str]] = Non
         choice = ParallelMode.MULTIPROCESSING
     else:
         choice = ParallelMode.SEQUENTIAL
-    logger.debug("adaptive mode: running %s", choice.value)
+    logger.debug("adaptive mode: running %s", choice.value)  # the layout line says it at INFO, once the input is known good
     return choice
 
 
@@ -169,11 +174,26 @@ def estimate_costs(plan: Plan, config: ParallelConfig) -> CostModel:
 def prepare(plan: Plan, config: ParallelConfig, fresh: bool) -> Tuple[CostModel, Optional[Journal], Dict[int, Dict[str, Any]], Dict[int, Any]]:
     """What every mode does before its coordinator starts: the user's modules, a check that every
     program is there, cost estimates, and the journal with what it restores."""
-    import_modules(config.imports)
+    try:
+        import_modules(config.imports)
+    except ImportError as exc:
+        raise InputDataError(f"imports: {exc}") from None
     check_programs(plan)
     cost = estimate_costs(plan, config)
     journal, restored, atomic = open_journal(config, plan, fresh=fresh)
     return cost, journal, restored, atomic
+
+
+#: the stop signal a run in this process received (None: none yet). The command line reads it
+#: (:func:`stop_received`): once a run is stopping, later stop signals — Slurm sends TERM to every
+#: process of the step, srun forwards it again — are ignored, so they cannot kill the process
+#: between the end of the run and its report of what it saved.
+_STOP_RECEIVED: Optional[str] = None
+
+
+def stop_received() -> Optional[str]:
+    """The stop signal a run in this process received, if any."""
+    return _STOP_RECEIVED
 
 
 class StopSignals:
@@ -186,9 +206,11 @@ class StopSignals:
         self.received: Optional[str] = None
 
     def _handler(self, signum: int, frame: Any) -> None:
+        global _STOP_RECEIVED
         name = signal.Signals(signum).name
         if self.received is None:
             self.received = name
+            _STOP_RECEIVED = _STOP_RECEIVED or name
             self.coordinator.request_stop(name)
         else:
             self.coordinator.grace_period = 0.0
@@ -227,8 +249,18 @@ def _local_layout(config: ParallelConfig, mode: ParallelMode, n_tasks: int) -> L
         raise InputDataError(str(exc)) from None
     for w in layout.warnings:
         logger.warning("%s", w)
-    layout.scratch = scratch_root(config.scratch_directory)
+    layout.scratch = _checked_scratch(config)
     return layout
+
+
+def _checked_scratch(config: ParallelConfig) -> str:
+    """The scratch root this node's workers use; a one-line error if they could not use it."""
+    root = scratch_root(config.scratch_directory)
+    try:
+        check_scratch(root)
+    except OSError as exc:
+        raise InputDataError(f"scratch directory {root} cannot be used: {exc.strerror or exc}") from None
+    return root
 
 
 def _warm_qcengine() -> None:
@@ -287,23 +319,13 @@ def run_local(
             logger.warning("the parallel run broke (%s); continuing sequentially (fallback_to_sequential)", exc)
             with contextlib.suppress(Exception):
                 endpoint.close()
-            done = dict(coord.out.properties)
             spec.isolate = True  # whatever took the workers down must not take this process down
             endpoint = InProcessTransport()
-            coord2 = _coordinator(plan, config, endpoint, spec, journal, done, None, cost)
-            coord2.out.atomic_results.update(coord.out.atomic_results)
-            with StopSignals(coord2):
-                outcome = coord2.run()
-            outcome.restored = coord.out.restored
-            outcome.timings = coord.out.timings + outcome.timings
-            outcome.lost_workers = coord.out.lost_workers + outcome.lost_workers
-            for tid, attempts in coord.out.attempts.items():
-                outcome.attempts[tid] = attempts + outcome.attempts.get(tid, [])
-            if tracker is not None:
-                tracker.finish()
+            coord = _coordinator(plan, config, endpoint, spec, journal, None, tracker, cost, previous=coord.out)
+            with StopSignals(coord):
+                outcome = coord.run()
         if config.cost_history:
-            with contextlib.suppress(OSError):
-                cost.save(config.cost_history)
+            cost.save(config.cost_history)  # a cache: a failure to write it is a warning
     finally:
         if endpoint is not None:
             endpoint.close()
@@ -315,11 +337,12 @@ def run_local(
         layout=layout,
         wall=time.perf_counter() - t0,
         fell_back=fell_back,
+        initial_costs=cost.initial_estimates,
     )
     return outcome, atomic, info
 
 
-def _coordinator(plan, config, endpoint, spec, journal, restored, tracker, cost) -> Coordinator:
+def _coordinator(plan, config, endpoint, spec, journal, restored, tracker, cost, previous=None) -> Coordinator:
     return Coordinator(
         plan.tasks,
         endpoint,
@@ -334,6 +357,7 @@ def _coordinator(plan, config, endpoint, spec, journal, restored, tracker, cost)
         tracker=tracker,
         cost_model=cost,
         grace_period=config.grace_period,
+        previous=previous,
     )
 
 
@@ -355,26 +379,37 @@ def _abort(comm: Any, where: str, exc: BaseException) -> None:  # pragma: no cov
     comm.Abort(1)
 
 
-def _node_ranks(comm: Any) -> Tuple[int, bool]:
-    """(ranks on this node, whether rank 0 is one of them) — collective over COMM_WORLD."""
+def _node_world_ranks(comm: Any) -> List[int]:
+    """The world ranks that share this rank's node (a shared-memory split) — collective."""
     from mpi4py import MPI
 
     node = comm.Split_type(MPI.COMM_TYPE_SHARED)
     try:
-        n = node.Get_size()
-        has_root = bool(node.allreduce(1 if comm.Get_rank() == 0 else 0))
+        return sorted(node.allgather(comm.Get_rank()))
     finally:
         node.Free()
-    return n, has_root
+
+
+def workers_on_node(node_ranks: List[int], n_workers: int) -> int:
+    """Policy: how many of the world ranks on a node are worker ranks (ranks 1..``n_workers``;
+    rank 0 coordinates and spare ranks only wait): they share the node's cores and memory."""
+    return sum(1 for r in node_ranks if 1 <= r <= n_workers)
 
 
 def run_mpi(computer: Any, config: ParallelConfig, reporter: Optional[ProgressReporter], fresh: bool, broadcast_result: bool) -> Any:
     """Every rank calls this; rank 0 returns the result (other ranks too if ``broadcast_result``)."""
-    from .transport.mpi import check_world, quiet_barrier, world
+    from .transport.mpi import check_world, launcher_size, quiet_barrier, world
 
     try:
         comm = world()
     except ImportError as exc:
+        n = launcher_size()
+        if n and n > 1:
+            # every one of the n processes would run the whole job on the same journal
+            raise ParallelExecutionError(
+                f"started by an MPI launcher with {n} ranks, but MPI mode cannot start: {exc} "
+                "(install mpi4py built against the launcher's MPI, or run without mpiexec/srun)"
+            ) from None
         if not config.fallback_to_sequential:
             raise ParallelExecutionError(f"MPI mode needs mpi4py: {exc}") from None
         logger.warning("MPI mode needs mpi4py (%s); continuing sequentially (fallback_to_sequential)", exc)
@@ -414,16 +449,17 @@ def _run_mpi(comm: Any, computer: Any, config: ParallelConfig, reporter: Optiona
     from .transport.mpi import MpiCoordinatorEndpoint
 
     rank, size = comm.Get_rank(), comm.Get_size()
-    ranks_here, root_here = _node_ranks(comm)
+    node_ranks = _node_world_ranks(comm)
     if rank != 0:
-        return _mpi_worker(comm, config, ranks_here - (1 if root_here else 0))
+        return _mpi_worker(comm, config, node_ranks)
 
     n_workers = min(size - 1, config.max_workers or size - 1)  # rank 0 decides, and tells the others
+    workers_here = workers_on_node(node_ranks, n_workers)
     t0 = time.perf_counter()
     try:
         plan = computer._plan()
         cost, journal, restored, atomic = prepare(plan, config, fresh)
-        layout = _mpi_layout(config, max(1, ranks_here - 1))
+        layout = _mpi_layout(config, max(1, workers_here))
         spec = make_spec(plan, config, layout)
         spec.threads_per_worker = config.threads_per_worker or 0  # 0: each rank decides from its node
         spec.memory_per_worker = config.memory_per_worker_bytes
@@ -435,7 +471,7 @@ def _run_mpi(comm: Any, computer: Any, config: ParallelConfig, reporter: Optiona
         raise
     _tell(comm, ("SETUP", spec, n_workers), "sending the run specification")
     logger.info(
-        "qcmb_hpc: mpi, %d worker ranks of %d (%d on this node), %s", n_workers, size, max(0, ranks_here - 1), layout.describe()
+        "qcmb_hpc: mpi, %d worker ranks of %d (%d on this node), %s", n_workers, size, workers_here, layout.describe()
     )
     version = getattr(computer, "input_schema_version", 2)
     told = False  # whether the other ranks have been told (then they raise the same error)
@@ -449,9 +485,10 @@ def _run_mpi(comm: Any, computer: Any, config: ParallelConfig, reporter: Optiona
         if journal is not None:
             journal.close()
         if config.cost_history:
-            with contextlib.suppress(OSError):
-                cost.save(config.cost_history)
-        info = RunInfo(mode="mpi", workers=n_workers, layout=layout, wall=time.perf_counter() - t0)
+            cost.save(config.cost_history)  # a cache: a failure to write it is a warning
+        info = RunInfo(
+            mode="mpi", workers=n_workers, layout=layout, wall=time.perf_counter() - t0, initial_costs=cost.initial_estimates
+        )
         if version == 1:
             computer.input_schema_version = 2  # v2 travels (v1 does not pickle); run_mpi converts on every rank
         try:
@@ -490,11 +527,11 @@ def _mpi_layout(config: ParallelConfig, workers_here: int, log: bool = True) -> 
     if log:
         for w in layout.warnings:
             logger.warning("%s", w)
-    layout.scratch = scratch_root(config.scratch_directory)
+    layout.scratch = _checked_scratch(config)
     return layout
 
 
-def _mpi_worker(comm: Any, config: ParallelConfig, workers_here: int) -> Any:
+def _mpi_worker(comm: Any, config: ParallelConfig, node_ranks: List[int]) -> Any:
     # the coordinator decides when to stop (the launcher forwards these signals to every rank):
     # ignored while this runs, the caller's handlers are back afterwards
     previous: Dict[int, Any] = {}
@@ -503,14 +540,14 @@ def _mpi_worker(comm: Any, config: ParallelConfig, workers_here: int) -> Any:
             sig = getattr(signal, name)
             previous[sig] = signal.signal(sig, signal.SIG_IGN)
     try:
-        return _mpi_worker_run(comm, config, workers_here)
+        return _mpi_worker_run(comm, config, node_ranks)
     finally:
         for sig, prev in previous.items():
             if prev is not None:
                 signal.signal(sig, prev)
 
 
-def _mpi_worker_run(comm: Any, config: ParallelConfig, workers_here: int) -> Any:
+def _mpi_worker_run(comm: Any, config: ParallelConfig, node_ranks: List[int]) -> Any:
     from .transport.mpi import MpiWorkerEndpoint, quiet_bcast
     from .worker import Worker
 
@@ -526,7 +563,7 @@ def _mpi_worker_run(comm: Any, config: ParallelConfig, workers_here: int) -> Any
     try:
         if rank - 1 < n_workers:
             # each rank fits itself to its own node: threads and memory are shared by the ranks there
-            layout = _mpi_layout(config, workers_here, log=False)
+            layout = _mpi_layout(config, workers_on_node(node_ranks, n_workers), log=False)
             if not spec.threads_per_worker:
                 spec.threads_per_worker = layout.threads_per_worker
             if not spec.memory_per_worker:

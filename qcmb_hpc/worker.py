@@ -23,12 +23,12 @@ import traceback
 from typing import Any, Deque, List, Optional, Tuple
 
 from . import transport as T
-from .engine import FragmentOutcome, make_runner, set_thread_environment
+from .engine import THREAD_VARIABLES, FragmentOutcome, make_runner, set_thread_environment
 from .plan import RunSpec
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Worker", "import_modules", "scratch_root"]
+__all__ = ["Worker", "import_modules", "scratch_root", "check_scratch"]
 
 #: results are sent at once unless fragments are this short (then batched for up to FLUSH_AGE)
 FAST_FRAGMENT = 1e-3
@@ -41,9 +41,16 @@ BUSY_MAX_WAIT = 0.01
 
 
 def import_modules(names: List[str]) -> None:
-    """Import the user's modules (e.g. ones that call ``qcengine.register_program``)."""
+    """Import the user's modules (e.g. ones that call ``qcengine.register_program``). Whatever a
+    module raises while importing comes out as an ``ImportError`` naming the module."""
     for name in names:
-        importlib.import_module(name)
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            raise
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [""])[0]
+            raise ImportError(f"module {name!r} failed to import: {type(exc).__name__}: {first}") from exc
 
 
 def scratch_root(configured: Optional[str] = None) -> str:
@@ -53,6 +60,13 @@ def scratch_root(configured: Optional[str] = None) -> str:
         if candidate:
             return candidate
     return tempfile.gettempdir()
+
+
+def check_scratch(root: str) -> None:
+    """Make sure workers can make their scratch directories under ``root`` (an ``OSError`` if not)."""
+    os.makedirs(root, exist_ok=True)
+    probe = tempfile.mkdtemp(prefix="qcmb_hpc-probe-", dir=root)
+    os.rmdir(probe)
 
 
 class Worker:
@@ -74,6 +88,10 @@ class Worker:
         self.busy_seconds = 0.0
         self.done = 0
         self.created = time.perf_counter()
+        #: what _setup changed in this process (thread variables, the log level), put back by
+        #: _cleanup: in sequential mode and on MPI ranks this process is the caller's own
+        self._saved_environ: Optional[dict] = None
+        self._saved_log_level: Optional[int] = None
 
     # ------------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -150,6 +168,8 @@ class Worker:
     def _setup(self, spec: RunSpec, worker_id: int) -> None:
         self.spec = spec
         self.id = worker_id
+        self._saved_environ = {var: os.environ.get(var) for var in THREAD_VARIABLES}
+        self._saved_log_level = logging.getLogger("qcmb_hpc").level
         logging.getLogger("qcmb_hpc").setLevel(spec.log_level)
         import_modules(spec.imports)
         set_thread_environment(spec.threads_per_worker)
@@ -175,6 +195,7 @@ class Worker:
                     "isolated": bool(getattr(self.runner, "isolated", False)),
                     "scratch": self.scratch,
                     "threads": spec.threads_per_worker,
+                    "memory": spec.memory_per_worker,
                 },
             )
         )
@@ -237,3 +258,13 @@ class Worker:
         if self.scratch and not (self.spec is not None and self.spec.keep_scratch):
             shutil.rmtree(self.scratch, ignore_errors=True)
             self.scratch = None
+        if self._saved_environ is not None:
+            for var, value in self._saved_environ.items():
+                if value is None:
+                    os.environ.pop(var, None)
+                else:
+                    os.environ[var] = value
+            self._saved_environ = None
+        if self._saved_log_level is not None:
+            logging.getLogger("qcmb_hpc").setLevel(self._saved_log_level)
+            self._saved_log_level = None

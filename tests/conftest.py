@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -18,6 +19,11 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)  # tests/custom_engine.py for --import tests
 
 has_nwchem = shutil.which("nwchem") is not None
+
+# The command line keeps a per-user cost history in $XDG_CACHE_HOME by default: the tests (and the
+# processes, MPI ranks and Slurm jobs they start, which inherit this) keep theirs in a directory of
+# their own, never in the real user's cache.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="qcmb_hpc-test-cache-")
 
 
 def reference(inp):
@@ -75,6 +81,23 @@ def trimer():
 @pytest.fixture(scope="session")
 def tetramer():
     return water_cluster(4)
+
+
+@pytest.fixture
+def logged():
+    """Records of the "qcmb_hpc" logger at DEBUG and above (whatever its propagation is)."""
+    import logging
+
+    records = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append
+    log = logging.getLogger("qcmb_hpc")
+    old_level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG)
+    yield records
+    log.removeHandler(handler)
+    log.setLevel(old_level)
 
 
 def quiet(**kw):

@@ -29,7 +29,7 @@ MPIEXEC = os.path.join(os.path.dirname(sys.executable), "mpiexec")
 OPEN_MPI_MPIEXEC = "/usr/bin/mpiexec"
 
 RUN_TIMEOUT = 180  # hard limit of any one mpiexec run (a hang is a failure, not a stuck suite)
-ENDS_WITHIN = 30.0  # a failing rank must end the whole job this soon after it failed (typically < 2 s)
+ENDS_WITHIN = 15.0  # a failing rank must end the whole job this soon after it failed (typically < 2 s)
 
 
 def launcher() -> str:

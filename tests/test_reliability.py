@@ -55,6 +55,12 @@ def test_faults_give_fault_free_result(tetramer, tmp_path, mode):
     assert rep["computed"] == n and rep["failed"] == 0
     assert rep["retried_attempts"] == sum(kinds[k] for k in ("raise", "fail", "hang", "kill"))
     assert len(per_fragment) == n and max(per_fragment.values()) == 2
+    # the faults cost only the workers' children: no worker was lost, nothing fell back, and each
+    # killed or hung attempt was followed by a fresh child (unless it was its worker's last one)
+    assert rep["mode"] == mode
+    assert not rep["lost_workers"] and "fell_back_to_sequential" not in rep
+    crashes = kinds["kill"] + kinds["hang"]
+    assert crashes - rep["workers"] <= rep["restarts"] <= crashes and rep["restarts"] > 0, (rep["restarts"], kinds)
 
 
 def test_fault_that_keeps_failing_names_everything(trimer, tmp_path):

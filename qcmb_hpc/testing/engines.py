@@ -31,7 +31,7 @@ from typing import Any, Dict, Tuple
 import numpy as np
 import qcengine
 from qcelemental.models.v2 import AtomicResult, FailedOperation, Provenance
-from qcengine.exceptions import InputError, RandomError, UnknownError
+from qcengine.exceptions import InputError, RandomError
 from qcengine.programs.model import ProgramHarness
 
 __all__ = ["model_energy_gradient", "fragment_key", "TestHarness", "SleepHarness", "FaultHarness", "register"]

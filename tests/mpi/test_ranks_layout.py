@@ -83,6 +83,27 @@ def test_spare_ranks_get_the_result(max_workers):
     assert_same_result(res, res2, exact=True)
 
 
+@pytest.mark.mpi(min_size=3)
+def test_spare_ranks_take_no_share_of_the_node():
+    """max_workers=1 with every rank on this node: the one worker rank gets the node's cores and
+    memory; the spare ranks (which only wait for the result) take no share of either — on rank 0,
+    which plans, and on the worker rank itself, which fits itself to its node."""
+    from qcmb_hpc.resources import detect_node, plan_layout
+
+    inp = many_body_input(TRIMER, bsse_type=["cp"], driver="energy")
+    res, _ = mpi_compute(inp, max_workers=1)
+    assert_same_result(root_reference(inp), res, exact=True)
+    rep = res.extras["qcmb_hpc"]
+    alone = plan_layout(detect_node(), ranks_on_node=1)
+    shared = plan_layout(detect_node(), ranks_on_node=size() - 1)
+    assert alone.memory_per_worker > 1.5 * shared.memory_per_worker  # the test can tell them apart
+    for what, got in (("rank 0's plan", rep["layout"]), ("the worker rank", rep["worker_layout"]["0"])):
+        threads = got.get("threads_per_worker", got.get("threads"))
+        memory = got.get("memory_per_worker", got.get("memory"))
+        assert threads == alone.threads_per_worker, (what, got)
+        assert memory > 0.8 * alone.memory_per_worker, (what, got, alone.memory_per_worker)
+
+
 def test_adaptive_mode_picks_mpi():
     inp = many_body_input(TRIMER, bsse_type=["cp"], driver="energy")
     res, _ = mpi_compute(inp, mode="adaptive")

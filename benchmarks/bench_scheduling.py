@@ -23,9 +23,11 @@ times are kept in the JSON: ``bench_simulation.py`` replays them through the sim
 
 ``isolate_fragments`` is off by default here (``--isolate`` turns it on): with it, each of the 16
 workers forks a child per run and the fork's garbage collection (~0.1 s CPU each) on 2 cores adds
-~1 s to every run's start — a cost of 16 ranks on 2 cores, not of the schedule.
+~1 s to every run's start — a cost of 16 ranks on 2 cores, not of the schedule. ``--defaults``
+runs qcmb_hpc as a user's command line does — isolated fragments *and* a checkpoint journal, every
+result fsynced before it counts — against the same baselines (results ``scheduling_defaults*.json``).
 
-    python benchmarks/bench_scheduling.py [--workers 4,8,16] [--lb 4]
+    python benchmarks/bench_scheduling.py [--workers 4,8,16] [--lb 4] [--isolate | --defaults]
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -134,9 +137,10 @@ def _child(comm, a: argparse.Namespace) -> None:
         mode="mpi",
         progress_reporting=False,
         imports=["qcmb_hpc.testing.engines"],
-        isolate_fragments=a.isolate,
+        isolate_fragments=a.isolate or a.defaults,
         log_level="ERROR",  # (oversubscription warnings: expected here)
     )
+    journal_dir = tempfile.mkdtemp(prefix="qcmb_bench_journal-") if a.defaults and rank == 0 else None
     # warm-up: qcengine's node detection on every rank, imports, first messages
     ParallelManyBodyComputer(make_input(base / 50), parallel_config=cfg).compute()
 
@@ -144,9 +148,10 @@ def _child(comm, a: argparse.Namespace) -> None:
     energies = {}
     for label, lb_strategy, steal in STRATEGIES:
         comm.Barrier()
-        res = ParallelManyBodyComputer(
-            inp, parallel_config={**cfg, "load_balancing": lb_strategy, "work_stealing": steal}
-        ).compute()
+        run_cfg = {**cfg, "load_balancing": lb_strategy, "work_stealing": steal}
+        if journal_dir is not None:  # as the command line runs: every result fsynced before it counts
+            run_cfg["checkpoint"] = os.path.join(journal_dir, f"{label}.jsonl")
+        res = ParallelManyBodyComputer(inp, parallel_config=run_cfg).compute(fresh=True)
         if rank == 0:
             out = captured["out"]
             rep = res.extras["qcmb_hpc"]
@@ -206,23 +211,30 @@ def _child(comm, a: argparse.Namespace) -> None:
     if rank == 0:
         e = list(energies.values())
         common.write_json(
-            f"{NAME}_N{n}",
+            f"{result_name(a)}_N{n}",
             {
                 "workers": n,
                 "fragments": len(plan_inputs),
                 "sleep_base": base,
                 "modelled_sleeps": modelled,
-                "isolate_fragments": a.isolate,
+                "isolate_fragments": a.isolate or a.defaults,
+                "checkpoint": bool(a.defaults),
                 "energies_identical": all(abs(x - e[0]) < 1e-10 for x in e),
                 "runs": runs,
             },
         )
 
 
-def summarize(ns) -> dict:
+def result_name(a) -> str:
+    """``scheduling``; ``scheduling_defaults`` with ``--defaults``; ``scheduling_isolated`` with ``--isolate``."""
+    return NAME + ("_defaults" if a.defaults else "_isolated" if a.isolate else "")
+
+
+def summarize(ns, result: str = NAME) -> dict:
+    """Tables and targets from the per-N files of ``result``; writes ``<result>.json``."""
     per_n = {}
     for n in ns:
-        per_n[n] = common.read_json(f"{NAME}_N{n}")
+        per_n[n] = common.read_json(f"{result}_N{n}")
     names = [s[0] for s in STRATEGIES] + ["MPIPoolExecutor.map", "round-robin"]
     headers = ["strategy"] + [f"N={n}" for n in ns]
     rows = []
@@ -250,7 +262,7 @@ def summarize(ns) -> dict:
     for k, v in targets.items():
         print(f"target {k}: {common.verdict(v)}")
     data = {"workers": list(ns), "per_n": {str(n): per_n[n] for n in ns}, "targets": targets}
-    common.write_json(NAME, data)
+    common.write_json(result, data)
     return data
 
 
@@ -261,6 +273,9 @@ def main(argv=None) -> int:
     p.add_argument("--workers", default="4,8,16", help="comma-separated worker counts")
     p.add_argument("--lb", type=float, default=5.0, help="target lower bound of each run, seconds")
     p.add_argument("--isolate", action="store_true", help="isolate_fragments=True (a child process per worker)")
+    p.add_argument(
+        "--defaults", action="store_true", help="as a user runs it: isolated fragments and a checkpoint journal (fsynced)"
+    )
     p.add_argument("--timeout", type=float, default=400, help="per mpiexec world, seconds")
     a = p.parse_args(argv)
     if a.child:
@@ -268,9 +283,9 @@ def main(argv=None) -> int:
         return 0
     ns = common.parse_ints(a.workers)
     for n in ns:
-        args = [f"--n={n}", f"--lb={a.lb}"] + (["--isolate"] if a.isolate else [])
+        args = [f"--n={n}", f"--lb={a.lb}"] + (["--isolate"] if a.isolate else []) + (["--defaults"] if a.defaults else [])
         common.launch(os.path.abspath(__file__), n + 1, args, a.timeout)
-    summarize(ns)
+    summarize(ns, result_name(a))
     return 0
 
 

@@ -27,6 +27,12 @@ class ParallelExecutionError(QCMBError, RuntimeError):
     lost) — not the chemistry. With ``fallback_to_sequential`` the run continues sequentially instead."""
 
 
+#: failed fragments named in the message of a :class:`FragmentExecutionError` / shown by its
+#: ``details()`` (a run where every one of 680k fragments fails must not print 680k paragraphs)
+MESSAGE_FAILURES = 5
+DETAIL_FAILURES = 20
+
+
 class FragmentExecutionError(QCMBError, RuntimeError):
     """One or more fragments failed for good. ``failures`` holds, per fragment, its label, program
     and every attempt (worker, host, error type and the engine's message). Every other fragment was
@@ -40,7 +46,7 @@ class FragmentExecutionError(QCMBError, RuntimeError):
 
     def _message(self) -> str:
         parts = []
-        for f in self.failures:
+        for f in self.failures[:MESSAGE_FAILURES]:
             attempts = f.get("attempts", [])
             last = attempts[-1] if attempts else {}
             where = ", ".join(sorted({f"worker {a.get('worker')}@{a.get('host') or '?'}" for a in attempts}))
@@ -53,15 +59,17 @@ class FragmentExecutionError(QCMBError, RuntimeError):
         head = f"{len(self.failures)} fragment(s) failed"
         if self.total:
             head += f" ({self.completed} of {self.total} finished and checkpointed)"
-        return head + ": " + "; ".join(parts)
+        more = len(self.failures) - MESSAGE_FAILURES
+        return head + ": " + "; ".join(parts) + (f"; and {more} more (see .failures)" if more > 0 else "")
 
     def __reduce__(self):
         return (type(self), (self.failures, self.completed, self.total))
 
-    def details(self) -> str:
-        """Every attempt of every failed fragment, with the full error text."""
+    def details(self, limit: Optional[int] = DETAIL_FAILURES) -> str:
+        """Every attempt of the first ``limit`` failed fragments (None: all), with the error text."""
         lines = []
-        for f in self.failures:
+        shown = self.failures if limit is None else self.failures[:limit]
+        for f in shown:
             lines.append(f"fragment {f['label']} (program {f.get('program')}):")
             for k, a in enumerate(f.get("attempts", []), start=1):
                 lines.append(
@@ -70,6 +78,8 @@ class FragmentExecutionError(QCMBError, RuntimeError):
                 )
                 for ln in (a.get("error_message") or "").strip().splitlines()[-20:]:
                     lines.append("    " + ln)
+        if len(shown) < len(self.failures):
+            lines.append(f"... and {len(self.failures) - len(shown)} more failed fragment(s), not shown")
         return "\n".join(lines)
 
 

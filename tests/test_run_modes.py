@@ -252,3 +252,20 @@ def test_a_stopped_run_records_its_signal(trimer, monkeypatch, tmp_path):
     with pytest.raises(IncompleteRunError):
         ParallelManyBodyComputer(inp, parallel_config=cfg, progress_reporter=StopAtFirst()).compute()
     assert run_module.stop_received() == "SIGUSR1"
+
+
+def test_many_failures_are_summarised_not_listed():
+    """A run where every fragment fails names a few of them, counts the rest, and keeps all of
+    them in ``.failures``."""
+    from qcmb_hpc.errors import DETAIL_FAILURES, MESSAGE_FAILURES
+
+    failures = [
+        {"label": f"frag{k}", "program": "p", "attempts": [{"worker": 0, "host": "h", "error_type": "e", "error_message": "boom"}]}
+        for k in range(100)
+    ]
+    err = FragmentExecutionError(failures, completed=0, total=100)
+    text = str(err)
+    assert text.count("failed after") == MESSAGE_FAILURES and f"and {100 - MESSAGE_FAILURES} more" in text
+    details = err.details()
+    assert details.count("attempt 1 on worker") == DETAIL_FAILURES and f"{100 - DETAIL_FAILURES} more" in details
+    assert err.details(limit=None).count("attempt 1 on worker") == 100 and len(err.failures) == 100

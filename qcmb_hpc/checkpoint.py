@@ -18,15 +18,17 @@ when the result is assembled.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, Optional, Tuple
 
 import numpy as np
 
-__all__ = ["Journal", "JournalError", "JournalMismatch", "encode_properties", "decode_properties", "check_record"]
+__all__ = ["Journal", "JournalError", "JournalMismatch", "encode_properties", "decode_properties", "check_record", "write_atomically"]
 
 FORMAT = "qcmb_hpc-journal"
 VERSION = 1
@@ -165,14 +167,8 @@ class Journal:
                 with open(path, "r+b") as fh:
                     fh.truncate(good_bytes)
         if fresh or not os.path.exists(path):
-            tmp = path + ".new"
-            with open(tmp, "w") as fh:
-                header = {"format": FORMAT, "version": VERSION, "fingerprint": fingerprint, "created": time.time(), "fragments": fragments}
-                fh.write(json.dumps(header) + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-            _fsync_dir(path)
+            header = {"format": FORMAT, "version": VERSION, "fingerprint": fingerprint, "created": time.time(), "fragments": fragments}
+            write_atomically(path, json.dumps(header) + "\n")
         fh = open(path, "a")
         return cls(path, fh, restored, torn, lines)
 
@@ -242,6 +238,28 @@ class Journal:
             self._fh.close()
         except Exception:
             pass
+
+
+def write_atomically(path: str, text: str) -> None:
+    """Replace ``path`` by ``text`` durably: a uniquely named temporary file in the same directory,
+    fsynced, renamed over ``path`` (readers see the old file or the new one, never a part; an
+    existing file's permissions are kept), then the directory fsynced. The one way this project
+    writes a whole file: the journal's header, the cost history, the command line's result."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        with contextlib.suppress(OSError):  # keep a shared file's permissions (mkstemp makes 0600)
+            os.chmod(tmp, os.stat(path).st_mode & 0o7777)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path)
 
 
 def _fsync_dir(path: str) -> None:

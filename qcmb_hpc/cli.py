@@ -216,10 +216,9 @@ def _write_json(path: str, result: Any) -> None:
     text = result.serialize("json") if hasattr(result, "serialize") else result.json()
     if isinstance(text, bytes):
         text = text.decode()
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    from .checkpoint import write_atomically
+
+    write_atomically(path, text)
 
 
 def _setup_logging(level: str) -> None:

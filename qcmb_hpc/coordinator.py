@@ -294,12 +294,18 @@ class Coordinator:
             if self.tracker is not None:
                 self.tracker.retried(task.label, n, f"{attempt.error_type}: {_first_line(attempt.error_message)}")
         else:
-            self.out.failures[tid] = self.out.attempts[tid]
-            self.unresolved.discard(tid)
-            logger.error("fragment %s failed for good after %d attempt(s): %s", task.label, n, attempt.error_type)
-            if self.tracker is not None:
-                self.tracker.completed(task.label, task.nbody, False)
+            self._fail_for_good(tid)
         return False
+
+    def _fail_for_good(self, tid: int) -> None:
+        """The fragment's last attempt failed and it gets no other: it ends as a failure."""
+        task = self.tasks[tid]
+        attempts = self.out.attempts[tid]
+        self.out.failures[tid] = attempts
+        self.unresolved.discard(tid)
+        logger.error("fragment %s failed for good after %d attempt(s): %s", task.label, len(attempts), attempts[-1].error_type)
+        if self.tracker is not None:
+            self.tracker.completed(task.label, task.nbody, False)
 
     def _count_success(self, out: FragmentOutcome) -> None:
         tid = out.id
@@ -390,13 +396,8 @@ class Coordinator:
             out = FragmentOutcome(id=head, ok=False, error_type="worker_lost", error_message=why[-2000:], worker=wid)
             self.out.attempts.setdefault(head, []).append(Attempt(wid, "", "worker_lost", why[-2000:], 0.0))
             if not should_retry(out, len(self.out.attempts[head]), self.retry_failed, self.max_retries):
-                self.out.failures[head] = self.out.attempts[head]
-                self.unresolved.discard(head)
+                self._fail_for_good(head)
                 drop.append(head)
-                task = self.tasks[head]
-                logger.error("fragment %s failed for good after %d attempt(s): worker_lost", task.label, len(self.out.attempts[head]))
-                if self.tracker is not None:
-                    self.tracker.completed(task.label, task.nbody, False)
         self.scheduler.remove_worker(wid, drop=drop)
         self._idle.update((w, None) for w in self.ready)  # the lost work is up for grabs
         logger.warning("worker %d lost (%s); its %d task(s) go to the others", wid, last[:200], len(sent))

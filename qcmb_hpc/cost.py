@@ -54,11 +54,12 @@ import logging
 import math
 import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Deque, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
+
+from .checkpoint import write_atomically
 
 try:
     import fcntl
@@ -312,10 +313,14 @@ def merge_samples(existing: Mapping[str, Sequence[Sample]], new: Mapping[Key, It
     :data:`MAX_SAMPLES_PER_KEY`."""
     merged = {k: list(v) for k, v in existing.items()}
     for key, samples in new.items():
-        lst = merged.setdefault(_key_str(key), [])
-        lst.extend(samples)
-        del lst[:-MAX_SAMPLES_PER_KEY]
+        _append_newest(merged.setdefault(_key_str(key), []), samples)
     return merged
+
+
+def _append_newest(lst: List[Sample], samples: Iterable[Sample]) -> None:
+    """Append ``samples`` to ``lst``, keeping its newest :data:`MAX_SAMPLES_PER_KEY`."""
+    lst.extend(samples)
+    del lst[:-MAX_SAMPLES_PER_KEY]
 
 
 def history_document(samples: Mapping[str, Sequence[Sample]]) -> Dict[str, Any]:
@@ -372,25 +377,6 @@ def _locked(lock_path: str, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock
-
-
-def _write_atomically(path: str, data: Mapping[str, Any]) -> None:
-    """Write ``data`` as JSON to a uniquely named temporary file next to ``path``, then rename it
-    over ``path`` (readers see the old file or the new one, never a part)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        with contextlib.suppress(OSError):  # keep a shared file's permissions (mkstemp makes 0600)
-            os.chmod(tmp, os.stat(path).st_mode & 0o7777)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 class CostModel:
@@ -465,11 +451,8 @@ class CostModel:
             t.cost = self.fit_for(key)(x)
             issued[(key, x)] = t.cost
             out[t.id] = t.cost
-        if not self.initial_estimates:
-            self.initial_estimates = dict(out)
-        else:
-            for tid, c in out.items():
-                self.initial_estimates.setdefault(tid, c)
+        for tid, c in out.items():
+            self.initial_estimates.setdefault(tid, c)
         return out
 
     def reestimate(self, tasks: Iterable[Any]) -> Optional[Dict[int, float]]:
@@ -594,13 +577,11 @@ class CostModel:
                     logger.warning("cost history %s: %s; moved to %s.corrupt, starting a new one", path, exc, path)
                     existing = {}
                 merged = merge_samples(existing, self.new_samples)
-                _write_atomically(path, history_document(merged))
+                write_atomically(path, json.dumps(history_document(merged)))
         except OSError as exc:
             logger.warning("cost history %s: this run's timings not saved (%s)", path, _reason(exc))
             return False
         for key, new in self.new_samples.items():  # saved: they are history now (never saved twice)
-            lst = self.history.setdefault(key, [])
-            lst.extend(new)
-            del lst[:-MAX_SAMPLES_PER_KEY]
+            _append_newest(self.history.setdefault(key, []), new)
         self.new_samples = {}
         return True

@@ -28,7 +28,7 @@ import socket
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Mapping, Optional
 
 from .plan import RunSpec, build_atomic_input
 
@@ -74,10 +74,22 @@ class FragmentOutcome:
     host: str = ""
 
 
-def set_thread_environment(threads: int) -> None:
-    """Give the QC program (and any BLAS/OpenMP in this process started later) ``threads`` threads."""
+def set_thread_environment(threads: int) -> Dict[str, Optional[str]]:
+    """Give the QC program (and any BLAS/OpenMP in this process started later) ``threads`` threads.
+    Returns what to put back with :func:`restore_environ` (None: was unset)."""
+    saved = {var: os.environ.get(var) for var in THREAD_VARIABLES}
     for var in THREAD_VARIABLES:
         os.environ[var] = str(int(threads))
+    return saved
+
+
+def restore_environ(saved: Mapping[str, Optional[str]]) -> None:
+    """Put back environment variables as they were (None: unset)."""
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 def _is_mpi_variable(name: str) -> bool:
@@ -107,11 +119,7 @@ def clean_mpi_environment() -> Iterator[None]:
     try:
         yield
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        restore_environ(saved)
 
 
 def _extract_properties(result: Any) -> Dict[str, Any]:

@@ -324,8 +324,7 @@ def run_local(
             coord = _coordinator(plan, config, endpoint, spec, journal, None, tracker, cost, previous=coord.out)
             with StopSignals(coord):
                 outcome = coord.run()
-        if config.cost_history:
-            cost.save(config.cost_history)  # a cache: a failure to write it is a warning
+        cost.save()  # into config.cost_history, if any (a cache: a failure to write it is a warning)
     finally:
         if endpoint is not None:
             endpoint.close()
@@ -484,8 +483,7 @@ def _run_mpi(comm: Any, computer: Any, config: ParallelConfig, reporter: Optiona
         endpoint.close()
         if journal is not None:
             journal.close()
-        if config.cost_history:
-            cost.save(config.cost_history)  # a cache: a failure to write it is a warning
+        cost.save()  # into config.cost_history, if any (a cache: a failure to write it is a warning)
         info = RunInfo(
             mode="mpi", workers=n_workers, layout=layout, wall=time.perf_counter() - t0, initial_costs=cost.initial_estimates
         )

@@ -23,7 +23,7 @@ import traceback
 from typing import Any, Deque, List, Optional, Tuple
 
 from . import transport as T
-from .engine import THREAD_VARIABLES, FragmentOutcome, make_runner, set_thread_environment
+from .engine import FragmentOutcome, make_runner, restore_environ, set_thread_environment
 from .plan import RunSpec
 
 logger = logging.getLogger(__name__)
@@ -168,11 +168,10 @@ class Worker:
     def _setup(self, spec: RunSpec, worker_id: int) -> None:
         self.spec = spec
         self.id = worker_id
-        self._saved_environ = {var: os.environ.get(var) for var in THREAD_VARIABLES}
         self._saved_log_level = logging.getLogger("qcmb_hpc").level
         logging.getLogger("qcmb_hpc").setLevel(spec.log_level)
         import_modules(spec.imports)
-        set_thread_environment(spec.threads_per_worker)
+        self._saved_environ = set_thread_environment(spec.threads_per_worker)
         root = scratch_root(spec.scratch_root)
         os.makedirs(root, exist_ok=True)
         self.scratch = tempfile.mkdtemp(prefix=f"qcmb_hpc-{self.host}-{os.getpid()}-w{worker_id}-", dir=root)
@@ -259,11 +258,7 @@ class Worker:
             shutil.rmtree(self.scratch, ignore_errors=True)
             self.scratch = None
         if self._saved_environ is not None:
-            for var, value in self._saved_environ.items():
-                if value is None:
-                    os.environ.pop(var, None)
-                else:
-                    os.environ[var] = value
+            restore_environ(self._saved_environ)
             self._saved_environ = None
         if self._saved_log_level is not None:
             logging.getLogger("qcmb_hpc").setLevel(self._saved_log_level)

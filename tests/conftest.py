@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 
@@ -98,6 +99,22 @@ def logged():
     yield records
     log.removeHandler(handler)
     log.setLevel(old_level)
+
+
+def cli_env(**extra):
+    """The environment for a ``python -m qcmb_hpc`` child: this one without any ``QCMB_*``
+    setting, with ``tests/`` and the repository importable, and ``extra`` on top."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QCMB_")}
+    env["PYTHONPATH"] = os.pathsep.join([HERE, REPO, os.environ.get("PYTHONPATH", "")])
+    env.update(extra)
+    return env
+
+
+def run_cli(args, cwd, env=None, timeout=240):
+    """``python -m qcmb_hpc ARGS`` in ``cwd`` (environment: :func:`cli_env` plus ``env``)."""
+    return subprocess.run(
+        [sys.executable, "-m", "qcmb_hpc", *args], cwd=cwd, env=cli_env(**(env or {})), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def quiet(**kw):

@@ -3,14 +3,13 @@ including a record that is valid JSON but not a fragment record — is "corrupt 
 when the journal is opened (API: InputDataError; CLI: one line, exit 2), never a traceback later."""
 
 import json
-import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from conftest import HERE, REPO, quiet, reference
+from conftest import cli_env, quiet, reference
 from qcmb_hpc import ParallelManyBodyComputer
 from qcmb_hpc.checkpoint import Journal, JournalError, JournalMismatch, check_record, decode_properties, encode_properties
 from qcmb_hpc.errors import InputDataError
@@ -219,9 +218,7 @@ def test_cli_corrupt_record_one_line_exit_2(tmp_path, trimer):
     inp = many_body_input(trimer, bsse_type=["cp"])
     path = tmp_path / "a.json"
     path.write_text(inp.serialize("json"))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([HERE, REPO]))
-    for k in [k for k in env if k.startswith("QCMB_")]:
-        del env[k]
+    env = cli_env()
     cmd = [sys.executable, "-m", "qcmb_hpc", str(path), "--import", "qcmb_hpc.testing.engines", "--no-progress", "--mode", "sequential"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

@@ -3,26 +3,14 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-from conftest import HERE, REPO, assert_same_result, reference
+from conftest import assert_same_result, reference, run_cli
 from qcmb_hpc.plan import RunSpec, build_atomic_input, make_plan
 from qcmb_hpc.testing.engines import fragment_key
 from qcmb_hpc.testing.inputs import many_body_input, water_cluster
 from test_parity import assert_full_parity
-
-
-def run_cli(args, cwd, env=None, timeout=240):
-    full_env = dict(os.environ)
-    full_env["PYTHONPATH"] = os.pathsep.join([HERE, REPO, full_env.get("PYTHONPATH", "")])
-    full_env.pop("QCMB_PARALLEL_MODE", None)
-    full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "qcmb_hpc", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
-    )
 
 
 def write_input(path, inp):

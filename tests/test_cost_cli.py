@@ -3,13 +3,10 @@ starts from what the first measured; ``--no-cost-history`` and ``--cost-history 
 that cannot be written is one warning line, not a failure."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-from conftest import HERE, REPO
+from conftest import run_cli as run_qcmb_hpc
 from qcmb_hpc.cli import build_parser, config_from_args, default_cost_history, with_cost_history
 from qcmb_hpc.testing.inputs import many_body_input, water_cluster
 
@@ -17,16 +14,8 @@ KEY = "qcmb_test|hf|energy"
 
 
 def run_cli(args, cwd, cache, env=None):
-    full_env = dict(os.environ)
-    full_env["PYTHONPATH"] = os.pathsep.join([HERE, REPO, full_env.get("PYTHONPATH", "")])
-    for var in ("QCMB_PARALLEL_MODE", "QCMB_COST_HISTORY", "QCMB_LOG_LEVEL"):
-        full_env.pop(var, None)
-    full_env["XDG_CACHE_HOME"] = str(cache)
-    full_env.update(env or {})
     base = ["--import", "qcmb_hpc.testing.engines", "--no-progress", "--mode", "sequential", "--no-checkpoint"]
-    return subprocess.run(
-        [sys.executable, "-m", "qcmb_hpc", *args, *base], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=240
-    )
+    return run_qcmb_hpc([*args, *base], cwd, env={"XDG_CACHE_HOME": str(cache), **(env or {})})
 
 
 @pytest.fixture

@@ -141,7 +141,7 @@ def assert_bar(text, total):
     assert "|" in text and "frag" in text, text
     counts = [int(m) for m in re.findall(rf"(\d+)/{total}\b", text)]
     assert counts and max(counts) == total and all(0 <= c <= total for c in counts), text
-    assert f"100%|" in text and f"{total}/{total}" in text, text
+    assert "100%|" in text and f"{total}/{total}" in text, text
     assert not re.search(r"\d+frag \[", text), text  # never counted past the total (bar lost)
 
 
@@ -214,18 +214,15 @@ def test_console_plain_lines_are_periodic():
 def test_cli_progress_on_a_terminal_and_on_a_pipe(tmp_path, trimer, stderr_is):
     """The command line's own reporter (progress on by default): a bar when stderr is a terminal,
     plain lines when it is a pipe (a Slurm output file)."""
-    import os
     import subprocess
     import sys
 
-    from conftest import HERE, REPO
+    from conftest import cli_env
 
     inp = many_body_input(trimer, bsse_type=["cp", "nocp"])
     path = tmp_path / "p.json"
     path.write_text(inp.serialize("json"))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([HERE, REPO]))
-    for k in [k for k in env if k.startswith("QCMB_")]:
-        del env[k]
+    env = cli_env()
     cmd = [sys.executable, "-m", "qcmb_hpc", str(path), "--import", "qcmb_hpc.testing.engines", "--mode", "sequential", "--no-checkpoint"]
     total = len(make_plan(inp).tasks)
     if stderr_is == "pty":

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import HERE, REPO, assert_same_result, reference
+from conftest import assert_same_result, cli_env, reference
 from qcmb_hpc.plan import RunSpec, build_atomic_input, make_plan
 from qcmb_hpc.testing.engines import fragment_key
 from qcmb_hpc.testing.inputs import many_body_input, water_cluster
@@ -31,12 +31,7 @@ def sleep_input(record_dir, base=0.25, n=4):
 
 
 def env():
-    e = dict(os.environ)
-    e["PYTHONPATH"] = os.pathsep.join([HERE, REPO, e.get("PYTHONPATH", "")])
-    for k in list(e):
-        if k.startswith("QCMB_"):
-            del e[k]
-    return e
+    return cli_env()
 
 
 def start(args, cwd, mpi_ranks=None):

@@ -4,12 +4,10 @@ everything the parallel phase learnt, and what a run leaves behind in the caller
 import collections
 import logging
 import os
-import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO, assert_same_result, quiet, reference
+from conftest import assert_same_result, quiet, reference, run_cli
 from qcmb_hpc import FragmentExecutionError, InputDataError, ParallelExecutionError, ParallelManyBodyComputer
 from qcmb_hpc.config import ParallelConfig, ParallelMode
 from qcmb_hpc.engine import THREAD_VARIABLES
@@ -182,13 +180,6 @@ def test_unusable_scratch_directory_is_an_input_error(trimer, tmp_path):
             ).compute()
 
 
-def _cli(*args, cwd):
-    env = {**os.environ, "PYTHONPATH": os.path.join(REPO, "tests") + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.run(
-        [sys.executable, "-m", "qcmb_hpc", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
-    )
-
-
 def test_cli_bad_scratch_and_broken_import_are_one_line_exit_2(trimer, tmp_path):
     inp = many_body_input(trimer)
     path = tmp_path / "in.json"
@@ -201,9 +192,8 @@ def test_cli_bad_scratch_and_broken_import_are_one_line_exit_2(trimer, tmp_path)
         (["--import", "broken_module"], "broken_module"),
     ]
     for extra, needle in cases:
-        proc = _cli(
-            str(path), "--no-progress", "--mode", "sequential", "--import", "qcmb_hpc.testing.engines", *extra, cwd=tmp_path
-        )
+        args = [str(path), "--no-progress", "--mode", "sequential", "--import", "qcmb_hpc.testing.engines", *extra]
+        proc = run_cli(args, cwd=tmp_path)
         assert proc.returncode == 2, proc.stderr
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("qcmb_hpc: error:") and needle in lines[0], proc.stderr

@@ -667,18 +667,23 @@ def test_resubmit_stops_on_bad_input(slurm, tmp_path):
     assert not (tmp_path / "water3.result.json").exists()
 
 
-@pytest.mark.timeout(300)
-def test_resubmit_mpi_forwards_the_warning_through_srun(slurm, tmp_path):
-    """RUN_WITH=srun: the warning (sent here with ``scancel --batch --signal=USR1``, the way Slurm
-    sends it) goes through srun to rank 0; the MPI run stops, checkpoints, requeues and completes."""
+def submit_resubmit_under_srun(slurm, tmp_path):
+    """resubmit.sbatch with RUN_WITH=srun (3 ranks) on the sleeping (H2O)4 input: (execution
+    records, input, job id, the sequential reference, its fragment count, the journal path)."""
     records = tmp_path / "executions"
     inp = sleep_input(records, base=0.5)
     write_input(tmp_path / "water4.json", inp)
     job = submit(slurm, "resubmit.sbatch", tmp_path, "--ntasks=3", "--cpus-per-task=1", "--mem=3G", "--time=5",
                  INPUT="water4.json", RUN_WITH="srun", QCMB_ARGS="--import qcmb_hpc.testing.engines --no-progress")
     ref = reference(same_input_on_qcmb_test())
-    n = ref.properties.calcinfo_nmbe
-    journal = tmp_path / "water4.checkpoint.jsonl"
+    return records, inp, job, ref, ref.properties.calcinfo_nmbe, tmp_path / "water4.checkpoint.jsonl"
+
+
+@pytest.mark.timeout(300)
+def test_resubmit_mpi_forwards_the_warning_through_srun(slurm, tmp_path):
+    """RUN_WITH=srun: the warning (sent here with ``scancel --batch --signal=USR1``, the way Slurm
+    sends it) goes through srun to rank 0; the MPI run stops, checkpoints, requeues and completes."""
+    records, inp, job, ref, n, journal = submit_resubmit_under_srun(slurm, tmp_path)
     wait_for_journal(slurm, job, journal, 4, tmp_path)  # some fragments done, far from all: warn now
     slurm.run("scancel", "--batch", "--signal=USR1", job)
     (rec,) = wait_ok(slurm, job, tmp_path, timeout=200)
@@ -702,14 +707,7 @@ def test_resubmit_mpi_requeued_after_its_ranks_were_killed(slurm, tmp_path):
     requeued: same job id, steps numbered from 0 again, so MPICH's shared-memory segment of the
     killed step is still in /dev/shm under the name the new step would use (its MPI_Init then fails
     or hangs). The requeued run removes it, and resumes."""
-    records = tmp_path / "executions"
-    inp = sleep_input(records, base=0.5)
-    write_input(tmp_path / "water4.json", inp)
-    job = submit(slurm, "resubmit.sbatch", tmp_path, "--ntasks=3", "--cpus-per-task=1", "--mem=3G", "--time=5",
-                 INPUT="water4.json", RUN_WITH="srun", QCMB_ARGS="--import qcmb_hpc.testing.engines --no-progress")
-    ref = reference(same_input_on_qcmb_test())
-    n = ref.properties.calcinfo_nmbe
-    journal = tmp_path / "water4.checkpoint.jsonl"
+    records, inp, job, ref, n, journal = submit_resubmit_under_srun(slurm, tmp_path)
     wait_for_journal(slurm, job, journal, 4, tmp_path)
     ranks = job_pids(job)
     assert len(ranks) == 3, f"ranks of job {job}: {ranks}\n{logs(tmp_path)}"

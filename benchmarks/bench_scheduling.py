@@ -151,10 +151,11 @@ def _child(comm, a: argparse.Namespace) -> None:
         run_cfg = {**cfg, "load_balancing": lb_strategy, "work_stealing": steal}
         if journal_dir is not None:  # as the command line runs: every result fsynced before it counts
             run_cfg["checkpoint"] = os.path.join(journal_dir, f"{label}.jsonl")
-        res = ParallelManyBodyComputer(inp, parallel_config=run_cfg).compute(fresh=True)
+        comp = ParallelManyBodyComputer(inp, parallel_config=run_cfg)
+        res = comp.compute(fresh=True)
         if rank == 0:
             out = captured["out"]
-            rep = res.extras["qcmb_hpc"]
+            rep = comp.run_info
             secs = [s for (_, _, _, s) in out.timings]
             lb = makespan_lower_bound(secs, n)
             t0 = captured["t0"]

@@ -89,10 +89,11 @@ def _child(comm, a: argparse.Namespace) -> None:
     for _ in range(a.repeat):
         comm.Barrier()
         t0 = time.perf_counter()
-        res = ParallelManyBodyComputer(big, parallel_config=cfg).compute()
+        comp = ParallelManyBodyComputer(big, parallel_config=cfg)
+        res = comp.compute()
         wall = time.perf_counter() - t0
         if rank == 0:
-            rep = res.extras["qcmb_hpc"]
+            rep = comp.run_info
             runs.append(
                 {
                     "fragments": rep["fragments"],

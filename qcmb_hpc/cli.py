@@ -47,6 +47,8 @@ __all__ = [
     "load_input",
     "default_output",
     "default_checkpoint",
+    "default_report",
+    "SUBCOMMANDS",
     "default_cost_history",
     "bundled_example",
 ]
@@ -87,14 +89,21 @@ def default_output(input_path: str) -> str:
     return stem + ".result.json"
 
 
+def _output_stem(output_path: str) -> str:
+    for suffix in (".result.json", ".json"):
+        if output_path.endswith(suffix):
+            return output_path[: -len(suffix)]
+    return output_path
+
+
 def default_checkpoint(output_path: str) -> str:
     """Next to the output: ``water.result.json`` → ``water.checkpoint.jsonl``."""
-    base = output_path
-    for suffix in (".result.json", ".json"):
-        if base.endswith(suffix):
-            base = base[: -len(suffix)]
-            break
-    return base + ".checkpoint.jsonl"
+    return _output_stem(output_path) + ".checkpoint.jsonl"
+
+
+def default_report(output_path: str) -> str:
+    """Next to the output: ``water.result.json`` → ``water.report.json`` (how the run went)."""
+    return _output_stem(output_path) + ".report.json"
 
 
 def default_cost_history(environ: Optional[Mapping[str, str]] = None) -> Optional[str]:
@@ -221,6 +230,23 @@ def _write_json(path: str, result: Any) -> None:
     write_atomically(path, text)
 
 
+def _write_report(path: str, comp: Any, t0: float) -> Optional[Dict[str, Any]]:
+    """Write the computer's run report (rank 0; wall time of the whole command) to ``path``;
+    returns it (None if the run got no report). A report that cannot be written is a warning:
+    the result is what matters."""
+    rep = dict(getattr(comp, "run_info", None) or {})
+    if not rep or _rank() != 0:
+        return rep or None
+    rep["wall_seconds"] = time.perf_counter() - t0
+    from .checkpoint import write_atomically
+
+    try:
+        write_atomically(path, json.dumps(rep, indent=1, default=str))
+    except OSError as exc:
+        logger.warning("cannot write the run report %s: %s", path, exc.strerror or exc)
+    return rep
+
+
 def _setup_logging(level: str) -> None:
     log = logging.getLogger("qcmb_hpc")
     if not any(getattr(h, "_qcmb_cli", False) for h in log.handlers):
@@ -285,7 +311,27 @@ def _install_signal_handlers() -> Dict[int, Any]:
     return previous
 
 
+#: ``python -m qcmb_hpc NAME ...``: commands other than running an input, each ``module:function``
+#: taking the remaining arguments and returning the exit code (imported only when used). A file
+#: whose name is one of these is run as ``./NAME``.
+SUBCOMMANDS: Dict[str, str] = {}
+
+
+def _subcommand(argv: Sequence[str]) -> Optional[int]:
+    """Run ``argv[0]`` as a subcommand if it names one; None otherwise."""
+    if not argv or argv[0] not in SUBCOMMANDS:
+        return None
+    import importlib
+
+    module, func = SUBCOMMANDS[argv[0]].split(":")
+    return getattr(importlib.import_module(module), func)(list(argv[1:]))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    code = _subcommand(argv)
+    if code is not None:
+        return code
     previous = _install_signal_handlers()
     try:
         return _main(argv)
@@ -316,6 +362,8 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     elif args.no_checkpoint:
         config = config.replace(checkpoint=None)
     t0 = time.perf_counter()
+    report_path = default_report(output)
+    comp = None
     try:
         data = load_input(input_path)
         from .worker import import_modules
@@ -329,11 +377,13 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     except InputDataError as exc:
         return _fail(EXIT_USAGE, str(exc))
     except FragmentExecutionError as exc:
+        _write_report(report_path, comp, t0)
         if _rank() == 0:
             print(f"qcmb_hpc: error: {exc}", file=sys.stderr)
             print(exc.details(), file=sys.stderr, flush=True)
         return EXIT_FRAGMENT
     except IncompleteRunError as exc:
+        _write_report(report_path, comp, t0)
         code = EXIT_INTERRUPTED if exc.reason == "SIGINT" else EXIT_INCOMPLETE
         return _fail(code, str(exc))
     except ParallelExecutionError as exc:
@@ -348,9 +398,8 @@ def _main(argv: Optional[Sequence[str]]) -> int:
 
     if result.stdout:
         print(result.stdout)
-    rep = dict(getattr(comp, "run_info", None) or {})
+    rep = _write_report(report_path, comp, t0)
     if rep:
-        rep["wall_seconds"] = time.perf_counter() - t0
         print(summary_line(rep))
-    print(f"qcmb_hpc: result written to {output}", flush=True)
+    print(f"qcmb_hpc: result written to {output} (how the run went: {report_path})", flush=True)
     return EXIT_OK

@@ -199,7 +199,8 @@ class ParallelManyBodyComputer(ManyBodyComputer):
         analyze_back = plan.core.analyze(component_properties)
         analyze_back["nbody_number"] = len(component_properties)
         result = plan.upstream.get_results(external_results=analyze_back, component_results=component_results)
-        result = result.model_copy(update={"extras": {**result.extras, "qcmb_hpc": report}})
+        if config.report_in_extras:
+            result = result.model_copy(update={"extras": {**result.extras, "qcmb_hpc": report}})
         if self.input_schema_version == 1:
             return result.convert_v(1)
         return result

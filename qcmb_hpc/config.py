@@ -309,6 +309,11 @@ class ParallelConfig:
         "on SIGTERM/SIGINT/SIGUSR1, seconds running fragments get to finish before they are cut",
         metavar="SECONDS",
     )
+    report_in_extras: bool = _setting(
+        False,
+        _parse_bool,
+        "also put the run report in the result's `extras[\"qcmb_hpc\"]` (off: the result is exactly QCManyBody's)",
+    )
     imports: List[str] = _setting(
         None,
         _parse_modules,

@@ -9,6 +9,7 @@ fragment is.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import threading
@@ -20,6 +21,8 @@ __all__ = [
     "ConsoleProgressReporter",
     "FileProgressReporter",
     "MultiProgressReporter",
+    "make_reporter",
+    "EVENTS",
     "ProgressTracker",
 ]
 
@@ -46,15 +49,33 @@ class ProgressReporter:
         """An attempt failed and the fragment will be tried again."""
 
 
-class MultiProgressReporter(ProgressReporter):
-    """Forwards every event to several reporters."""
+#: the events a reporter may implement (any subset: the others are skipped)
+EVENTS = tuple(name for name in vars(ProgressReporter) if name.startswith("on_"))
 
-    def __init__(self, reporters: Iterable[ProgressReporter]):
+
+class MultiProgressReporter(ProgressReporter):
+    """Forwards every event to several reporters. A reporter is any object: it need not subclass
+    :class:`ProgressReporter`, and events it does not implement are skipped. A reporter that
+    raises is logged once per event and not called for that event again (a progress display must
+    not end a run of many hours)."""
+
+    def __init__(self, reporters: Iterable[Any]):
         self.reporters = [r for r in reporters if r is not None]
+        self._broken: set = set()
 
     def _all(self, name: str, *args: Any) -> None:
         for r in self.reporters:
-            getattr(r, name)(*args)
+            method = getattr(r, name, None)
+            if method is None or (id(r), name) in self._broken:
+                continue
+            try:
+                method(*args)
+            except Exception as exc:
+                self._broken.add((id(r), name))
+                logging.getLogger("qcmb_hpc").warning(
+                    "progress reporter %s failed in %s (%s: %s); it gets no more %s events",
+                    type(r).__name__, name, type(exc).__name__, exc, name,
+                )
 
     def on_level_started(self, level, fragment_count):
         self._all("on_level_started", level, fragment_count)
@@ -73,6 +94,20 @@ class MultiProgressReporter(ProgressReporter):
 
     def on_fragment_retried(self, fragment_label, attempt, error):
         self._all("on_fragment_retried", fragment_label, attempt, error)
+
+
+def make_reporter(progress_reporting: bool, user: Any = None) -> Optional[MultiProgressReporter]:
+    """The reporter a run reports to. The rule: a reporter the caller passes (any object with
+    some of the ``on_*`` methods, or a list of them) *replaces* the built-in console reporter;
+    without one, ``progress_reporting`` decides whether the console reporter runs. (To have the
+    console reporter as well, pass it in the list: ``[ConsoleProgressReporter(), mine]``.)"""
+    if user is not None:
+        reporters = list(user) if isinstance(user, (list, tuple)) else [user]
+    elif progress_reporting:
+        reporters = [ConsoleProgressReporter()]
+    else:
+        return None
+    return MultiProgressReporter(reporters)
 
 
 class ConsoleProgressReporter(ProgressReporter):

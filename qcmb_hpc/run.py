@@ -38,7 +38,8 @@ from .coordinator import Coordinator, RunOutcome, WorkerLostError
 from .cost import CostModel
 from .errors import InputDataError, ParallelExecutionError, QCMBError
 from .plan import Plan, RunSpec, worker_parent
-from .progress import ConsoleProgressReporter, MultiProgressReporter, ProgressReporter, ProgressTracker
+from .progress import ProgressReporter, ProgressTracker
+from .progress import make_reporter as progress_reporter_for
 from .resources import Layout, ResourceError, detect_node, plan_layout
 from .worker import check_scratch, import_modules, scratch_root
 
@@ -104,15 +105,9 @@ def check_programs(plan: Plan) -> None:
             raise InputDataError(f"program {prog!r} (model chemistry {mc!r}) is not available: {msg}") from None
 
 
-def make_reporter(config: ParallelConfig, user: Optional[ProgressReporter]) -> Optional[ProgressReporter]:
-    reporters: List[ProgressReporter] = []
-    if config.progress_reporting:
-        reporters.append(ConsoleProgressReporter())
-    if user is not None:
-        reporters.append(user)
-    if not reporters:
-        return None
-    return reporters[0] if len(reporters) == 1 else MultiProgressReporter(reporters)
+def make_reporter(config: ParallelConfig, user: Any) -> Optional[ProgressReporter]:
+    """:func:`qcmb_hpc.progress.make_reporter` for this run's settings."""
+    return progress_reporter_for(config.progress_reporting, user)
 
 
 def open_journal(config: ParallelConfig, plan: Plan, fresh: bool = False) -> Tuple[Optional[Journal], Dict[int, Dict[str, Any]], Dict[int, Any]]:
@@ -421,11 +416,14 @@ def run_mpi(computer: Any, config: ParallelConfig, reporter: Optional[ProgressRe
     # duplicate of the world: messages of this run can never be taken for the caller's own traffic
     # on COMM_WORLD (or for a previous run's), nor the other way round.
     quiet_barrier(comm)
+    comm_rank = comm.Get_rank()
     comm = comm.Dup()
     try:
         result = _run_mpi(comm, computer, config, reporter, fresh, broadcast_result)
     finally:
         comm.Free()
+    if comm_rank != 0:
+        result, computer.run_info = result
     # the result crosses ranks as v2 (a v1 ManyBodyResult does not pickle); every rank converts
     if result is not None and getattr(computer, "input_schema_version", 2) == 1:
         result = result.convert_v(1)
@@ -505,7 +503,7 @@ def _run_mpi(comm: Any, computer: Any, config: ParallelConfig, reporter: Optiona
     except BaseException as exc:
         _abort(comm, "coordinator", exc)
         raise
-    _tell(comm, ("RESULT", result if broadcast_result else None), "sending the result")
+    _tell(comm, ("RESULT", (result if broadcast_result else None, computer.run_info)), "sending the result")
     return result
 
 
@@ -578,4 +576,4 @@ def _mpi_worker_run(comm: Any, config: ParallelConfig, node_ranks: List[int]) ->
         raise
     if kind == "ERROR":
         raise payload
-    return payload
+    return payload  # (result, run report)

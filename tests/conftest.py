@@ -117,6 +117,16 @@ def run_cli(args, cwd, env=None, timeout=240):
     )
 
 
+def load_report(result_path):
+    """The run report the command line writes next to a result (``x.result.json`` → ``x.report.json``)."""
+    import json
+
+    from qcmb_hpc.cli import default_report
+
+    with open(default_report(str(result_path))) as fh:
+        return json.load(fh)
+
+
 def quiet(**kw):
     """A parallel_config dict without console progress."""
     return {"progress_reporting": False, **kw}

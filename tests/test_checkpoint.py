@@ -152,7 +152,7 @@ def test_atomic_results_written_by_a_run_pass(tmp_path, trimer):
         assert len(j.restored) == n and all(r.get("atomic_result") for r in j.restored.values())
     finally:
         j.close()
-    res = ParallelManyBodyComputer(inp, parallel_config=quiet(mode="sequential", checkpoint=str(ck))).compute()
+    res = ParallelManyBodyComputer(inp, parallel_config=quiet(report_in_extras=True, mode="sequential", checkpoint=str(ck))).compute()
     assert res.extras["qcmb_hpc"]["restored"] == n and len(res.cluster_results) == n
 
 
@@ -206,10 +206,10 @@ def test_api_reports_corrupt_record_before_running(tmp_path, trimer, damage):
     ck.write_text("".join(lines))
     before = ck.read_bytes()
     with pytest.raises(InputDataError, match="corrupt at line 4"):
-        ParallelManyBodyComputer(inp, parallel_config=quiet(mode="multiprocessing", checkpoint=str(ck))).compute()
+        ParallelManyBodyComputer(inp, parallel_config=quiet(report_in_extras=True, mode="multiprocessing", checkpoint=str(ck))).compute()
     assert ck.read_bytes() == before
     # --fresh (compute(fresh=True)) replaces it and runs
-    res = ParallelManyBodyComputer(inp, parallel_config=quiet(mode="sequential", checkpoint=str(ck))).compute(fresh=True)
+    res = ParallelManyBodyComputer(inp, parallel_config=quiet(report_in_extras=True, mode="sequential", checkpoint=str(ck))).compute(fresh=True)
     assert res.extras["qcmb_hpc"]["computed"] == len(make_plan(inp).tasks)
     assert res.return_result.tolist() == reference(inp).return_result.tolist()
 

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from conftest import assert_same_result, reference, run_cli
+from conftest import assert_same_result, load_report, reference, run_cli
 from qcmb_hpc.plan import RunSpec, build_atomic_input, make_plan
 from qcmb_hpc.testing.engines import fragment_key
 from qcmb_hpc.testing.inputs import many_body_input, water_cluster
@@ -66,7 +66,7 @@ def test_output_flag_yaml_and_modes(tmp_path, trimer):
         )
         assert proc.returncode == 0, proc.stderr
         res = load_result(out)
-        assert res.extras["qcmb_hpc"]["mode"] == mode
+        assert load_report(out)["mode"] == mode
         assert_same_result(reference(inp), res, exact=True, check_shape=False)
     assert not list(tmp_path.glob("*.checkpoint.jsonl"))
 
@@ -94,7 +94,7 @@ def test_environment_and_flags(tmp_path, trimer_input):
         env={"QCMB_MAX_WORKERS": "1", "QCMB_PARALLEL_MODE": "multiprocessing", "QCMB_LOAD_BALANCING": "static"},
     )
     assert proc.returncode == 0, proc.stderr
-    rep = load_result(tmp_path / "trimer.result.json").extras["qcmb_hpc"]
+    rep = load_report(tmp_path / "trimer.result.json")
     assert rep["workers"] == 2  # the flag wins over QCMB_MAX_WORKERS
     assert rep["strategy"] == "static"  # the variable applies where no flag is given
 
@@ -164,7 +164,8 @@ def test_parallel_machinery_broken_without_fallback_exit_4(tmp_path, trimer):
     assert proc.returncode == 0, proc.stderr
     assert "continuing sequentially" in proc.stderr
     res = load_result(tmp_path / "kill.result.json")
-    assert res.extras["qcmb_hpc"]["mode"] == "sequential" and res.extras["qcmb_hpc"]["lost_workers"]
+    rep = load_report(tmp_path / "kill.result.json")
+    assert rep["mode"] == "sequential" and rep["lost_workers"]
     ref = reference(many_body_input(trimer, program="qcmb_fault", keywords={**kw, "p": 0.0}, bsse_type=["cp"]))
     assert_same_result(ref, res, exact=True, check_shape=False)
 
@@ -215,7 +216,7 @@ def test_fragment_that_keeps_failing_exit_1_after_finishing_the_others(tmp_path,
     # the rerun restores the others and only tries the bad one again (its faulty attempts are used up)
     proc = run_cli([str(path), "--import", "qcmb_hpc.testing.engines", "--no-progress"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    rep = load_result(tmp_path / "flaky.result.json").extras["qcmb_hpc"]
+    rep = load_report(tmp_path / "flaky.result.json")
     assert rep["restored"] == n - 1 and rep["computed"] == 1
     ref = reference(many_body_input(trimer, program="qcmb_fault", keywords={**kw, "p": 0.0}, bsse_type=["cp", "nocp"], driver="gradient"))
     assert_same_result(ref, load_result(tmp_path / "flaky.result.json"), exact=True, check_shape=False)

@@ -6,7 +6,7 @@ without "supersystem"; ``return_total_data`` true and false; drivers energy, gra
 Each input is computed once by ``qcmanybody.v2.ManyBodyComputer`` (a module-scoped fixture) and then
 by ``ParallelManyBodyComputer`` in every mode × worker count; the *whole* result is compared
 (:func:`assert_full_parity`: every field of the model dump, recursively, arrays to 1e-10 — in fact
-bit for bit — and nothing but ``extras["qcmb_hpc"]`` may differ).
+bit for bit — and nothing may differ: the run report is not in ``extras`` unless asked for).
 
 "More workers than fragments" is asked for through the public API (``max_workers`` = fragments + 3),
 which the resource layout caps to the fragment count; :func:`test_idle_workers_beyond_fragments`
@@ -90,8 +90,8 @@ def matrix_input(name):
 # ------------------------------------------------------------------------------------------------
 
 
-def assert_full_parity(ref, res, atol=1e-10, exact=True, flat_arrays=False):
-    """``res`` is ``ref`` plus ``extras["qcmb_hpc"]``: every field of the model dump (properties,
+def assert_full_parity(ref, res, atol=1e-10, exact=True, flat_arrays=False, report=False):
+    """``res`` is ``ref`` (with ``report=True``: plus ``extras["qcmb_hpc"]``): every field of the model dump (properties,
     return_result, cluster_properties, cluster_results / component_results, molecule, input_data,
     stdout, success, provenance, …) compared recursively; numbers and arrays to ``atol`` (and bit
     for bit with ``exact``). Only measured times (``provenance.wall_time`` of an AtomicResult kept
@@ -99,10 +99,11 @@ def assert_full_parity(ref, res, atol=1e-10, exact=True, flat_arrays=False):
     (``flat_arrays=True``: a JSON round trip flattens arrays, so only sizes are compared)."""
     a = _dump(ref)
     b = _dump(res)
-    extras_b = dict(b.get("extras") or {})
-    assert "qcmb_hpc" in extras_b, "the run report is missing from extras"
-    extras_b.pop("qcmb_hpc")
-    b["extras"] = extras_b
+    if report:
+        extras_b = dict(b.get("extras") or {})
+        assert "qcmb_hpc" in extras_b, "the run report is missing from extras"
+        extras_b.pop("qcmb_hpc")
+        b["extras"] = extras_b
     _walk(a, b, "result", atol, exact, flat_arrays)
     # and the numbers that matter, named, so a failure there reads clearly
     _walk(_get(ref, "return_result"), _get(res, "return_result"), "return_result", atol, exact, flat_arrays)
@@ -198,9 +199,10 @@ def case(request):
 def test_parity_matrix(case, mode, workers):
     name, inp, ref, nfrag = case
     asked = nfrag + 3 if workers == "many" else workers
-    res = ParallelManyBodyComputer(inp, parallel_config=quiet(mode=mode, max_workers=asked)).compute()
+    comp = ParallelManyBodyComputer(inp, parallel_config=quiet(mode=mode, max_workers=asked))
+    res = comp.compute()
     assert_full_parity(ref, res)
-    rep = res.extras["qcmb_hpc"]
+    rep = comp.run_info
     assert rep["mode"] == mode
     assert rep["computed"] == nfrag and rep["failed"] == 0
     # sequential is one in-process worker whatever is asked; multiprocessing runs what was asked
@@ -273,9 +275,10 @@ def test_idle_workers_beyond_fragments(monkeypatch, name, isolate):
     ref = reference(inp)
     nfrag = ref.properties.calcinfo_nmbe
     cfg = quiet(mode="multiprocessing", max_workers=nfrag + 2, isolate_fragments=isolate)
-    res = ParallelManyBodyComputer(inp, parallel_config=cfg).compute()
+    comp = ParallelManyBodyComputer(inp, parallel_config=cfg)
+    res = comp.compute()
     assert_full_parity(ref, res)
-    rep = res.extras["qcmb_hpc"]
+    rep = comp.run_info
     assert rep["workers"] == nfrag + 2 and rep["computed"] == nfrag and not rep.get("lost_workers")
     ran = [w for w, u in rep["utilisation"].items() if u is not None]  # workers that ran a fragment
     assert rep["workers"] - len(ran) >= 2, rep["utilisation"]  # (and the others never did)
@@ -320,7 +323,7 @@ def test_none_config_is_sequential(trimer):
     comp = ParallelManyBodyComputer(inp)
     assert comp.parallel_config.mode.value == "sequential"
     res = comp.compute()
-    assert res.extras["qcmb_hpc"]["mode"] == "sequential"
+    assert comp.run_info["mode"] == "sequential"
     assert_full_parity(reference(inp), res)
 
 
@@ -361,7 +364,11 @@ def test_full_parity_detects_differences(trimer):
     res = ParallelManyBodyComputer(inp, parallel_config=quiet(mode="sequential")).compute()
     assert_full_parity(ref, res)
     with pytest.raises(AssertionError, match="qcmb_hpc"):
-        assert_full_parity(ref, ref)  # the run report must be there
+        assert_full_parity(ref, ref, report=True)  # asked for, the run report must be there
+    with_report = ParallelManyBodyComputer(inp, parallel_config=quiet(mode="sequential", report_in_extras=True)).compute()
+    with pytest.raises(AssertionError, match="extras"):
+        assert_full_parity(ref, with_report)  # by default the result is upstream's: no report in extras
+    assert_full_parity(ref, with_report, report=True)
     d = res.model_dump()
     d["properties"]["return_gradient"] = d["properties"]["return_gradient"] + 1e-9
     with pytest.raises(AssertionError, match="return_gradient"):

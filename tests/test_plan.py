@@ -162,8 +162,8 @@ def test_journal_from_other_parallel_settings_resumes(tmp_path):
 
     inp = many_body_input(water_cluster(3), bsse_type=["cp", "nocp"], driver="gradient")
     ck = str(tmp_path / "j.jsonl")
-    first = ParallelManyBodyComputer(inp, parallel_config=quiet(mode="sequential", checkpoint=ck)).compute()
-    cfg = quiet(mode="multiprocessing", max_workers=2, load_balancing="static", work_stealing=False,
+    first = ParallelManyBodyComputer(inp, parallel_config=quiet(report_in_extras=True, mode="sequential", checkpoint=ck)).compute()
+    cfg = quiet(report_in_extras=True, mode="multiprocessing", max_workers=2, load_balancing="static", work_stealing=False,
                 timeout_per_fragment=60, max_retries=0, isolate_fragments=False, checkpoint=ck)
     second = ParallelManyBodyComputer(inp, parallel_config=cfg).compute()
     n = len(make_plan(inp).tasks)

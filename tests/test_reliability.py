@@ -42,7 +42,7 @@ def test_faults_give_fault_free_result(tetramer, tmp_path, mode):
     ref = reference(fault_input(tetramer, clean, p=0.0))  # the same engine, no faults: upstream QCManyBody
     inp = fault_input(tetramer, faults)
     ckpt = tmp_path / "run.jsonl"
-    cfg = quiet(mode=mode, timeout_per_fragment=1.5, max_retries=2, checkpoint=str(ckpt))
+    cfg = quiet(report_in_extras=True, mode=mode, timeout_per_fragment=1.5, max_retries=2, checkpoint=str(ckpt))
     res = ParallelManyBodyComputer(inp, parallel_config=cfg).compute()
     assert_same_result(ref, res, exact=True)
     kinds, per_fragment = attempts_by_kind(faults)
@@ -115,7 +115,7 @@ def test_dead_workers_fall_back_to_sequential(trimer, tmp_path, caplog):
     clean = tmp_path / "c"
     clean.mkdir()
     inp = fault_input(trimer, faults, p=1.0, kinds=["kill"])
-    cfg = quiet(mode="multiprocessing", max_workers=2, isolate_fragments=False, max_retries=3)
+    cfg = quiet(report_in_extras=True, mode="multiprocessing", max_workers=2, isolate_fragments=False, max_retries=3)
     res = ParallelManyBodyComputer(inp, parallel_config=cfg).compute()
     assert_same_result(reference(fault_input(trimer, clean, p=0.0)), res, exact=True)
     rep = res.extras["qcmb_hpc"]
@@ -139,9 +139,9 @@ def test_pool_that_cannot_start_falls_back(trimer, monkeypatch):
 
     monkeypatch.setattr(processes.ProcessTransport, "__init__", broken)
     inp = many_body_input(trimer)
-    res = ParallelManyBodyComputer(inp, parallel_config=quiet(mode="multiprocessing")).compute()
+    res = ParallelManyBodyComputer(inp, parallel_config=quiet(report_in_extras=True, mode="multiprocessing")).compute()
     assert res.extras["qcmb_hpc"]["mode"] == "sequential"
     assert "cannot fork" in res.extras["qcmb_hpc"]["fell_back_to_sequential"]
     assert_same_result(reference(inp), res, exact=True)
     with pytest.raises(ParallelExecutionError, match="cannot fork"):
-        ParallelManyBodyComputer(inp, parallel_config=quiet(mode="multiprocessing", fallback_to_sequential=False)).compute()
+        ParallelManyBodyComputer(inp, parallel_config=quiet(report_in_extras=True, mode="multiprocessing", fallback_to_sequential=False)).compute()

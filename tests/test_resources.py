@@ -366,7 +366,7 @@ def test_scratch_per_worker_in_multiprocessing(tmp_path, monkeypatch, keep):
     root = tmp_path / "scratch"
     monkeypatch.setenv("SLURM_TMPDIR", str(tmp_path / "not-this-one"))  # the configured root wins
     inp = _probe_input()
-    cfg = dict(mode="multiprocessing", max_workers=2, scratch_directory=str(root), keep_scratch=keep,
+    cfg = dict(report_in_extras=True, mode="multiprocessing", max_workers=2, scratch_directory=str(root), keep_scratch=keep,
                imports=["probe_engine"], progress_reporting=False)
     ref = reference(inp)
     # both workers start a fragment before any computes (tests/probe_engine.py), so both take part

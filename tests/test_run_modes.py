@@ -95,11 +95,11 @@ def test_mpi_mode_without_mpi4py_and_no_launcher_falls_back(trimer, monkeypatch)
     for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "SLURM_STEP_ID"):
         monkeypatch.delenv(var, raising=False)
     inp = many_body_input(trimer)
-    res = ParallelManyBodyComputer(inp, parallel_config=quiet(mode="mpi")).compute()
+    res = ParallelManyBodyComputer(inp, parallel_config=quiet(report_in_extras=True, mode="mpi")).compute()
     assert_same_result(reference(inp), res, exact=True)
     assert res.extras["qcmb_hpc"]["mode"] == "sequential"
     with pytest.raises(ParallelExecutionError, match="mpi4py"):
-        ParallelManyBodyComputer(inp, parallel_config=quiet(mode="mpi", fallback_to_sequential=False)).compute()
+        ParallelManyBodyComputer(inp, parallel_config=quiet(report_in_extras=True, mode="mpi", fallback_to_sequential=False)).compute()
 
 
 # -- the sequential fallback keeps what the parallel phase learnt -------------------------------

@@ -35,7 +35,7 @@ import time
 
 import pytest
 
-from conftest import HERE, REPO, assert_same_result, reference
+from conftest import HERE, REPO, assert_same_result, load_report, reference
 from qcmb_hpc.plan import RunSpec, build_atomic_input, make_plan
 from qcmb_hpc.resources import MEMORY_SAFETY, WORKER_OVERHEAD
 from qcmb_hpc.testing.engines import fragment_key
@@ -258,7 +258,7 @@ def test_single_node_multiprocessing(slurm, tmp_path):
     wait_ok(slurm, job, tmp_path)
     res = load_result(tmp_path / "water4.result.json")
     assert_same_result(ref, res, exact=True, check_shape=False)
-    rep = res.extras["qcmb_hpc"]  # --cpus-per-task=2, on a machine of this many cores
+    rep = load_report(tmp_path / "water4.result.json")  # --cpus-per-task=2, on a machine of this many cores
     assert rep["mode"] == "multiprocessing" and rep["workers"] == workers, rep
     # --mem=2G reached qcengine through SLURM_MEM_PER_NODE, less the safety margin, shared by the workers
     assert rep["layout"]["memory_per_worker"] == usable_each(2048 * MiB, workers)
@@ -283,7 +283,7 @@ def test_mpi(slurm, tmp_path, launcher):
     text = logs(tmp_path)
     res = load_result(tmp_path / "water4.result.json")
     assert_same_result(ref, res, exact=True, check_shape=False)
-    rep = res.extras["qcmb_hpc"]
+    rep = load_report(tmp_path / "water4.result.json")
     # a world of 3 ranks: rank 0 coordinates, 2 worker ranks, both did work
     assert rep["mode"] == "mpi" and rep["workers"] == 2, rep
     assert "2 worker ranks of 3" in text, text
@@ -344,7 +344,7 @@ def test_mpi_dead_rank_ends_the_job_and_a_resubmission_resumes(slurm, tmp_path):
     wait_ok(slurm, job2, tmp_path)
     res = load_result(tmp_path / "water4.result.json")
     assert_same_result(ref, res, exact=True, check_shape=False)
-    rep = res.extras["qcmb_hpc"]
+    rep = load_report(tmp_path / "water4.result.json")
     assert rep["mode"] == "mpi" and rep["restored"] == len(done) and rep["computed"] == n - len(done), rep
     label_of = labels_by_key(inp)
     labels = journal_labels(journal)
@@ -381,7 +381,7 @@ def test_hybrid_ranks_times_threads(slurm, tmp_path):
     wait_ok(slurm, job, tmp_path)
     res = load_result(tmp_path / "water4.result.json")
     assert_same_result(ref, res, exact=True, check_shape=False)
-    rep = res.extras["qcmb_hpc"]
+    rep = load_report(tmp_path / "water4.result.json")
     assert rep["mode"] == "mpi" and rep["workers"] == 2 and rep["layout"]["threads_per_worker"] == 2, rep
     for p in probes(res):  # --cpus-per-task=2 → qcengine ncores and the thread variables of every engine
         assert p["ncores"] == 2, p
@@ -435,7 +435,8 @@ def test_mpi_nwchem_from_srun_ranks(slurm, tmp_path):
     wait_ok(slurm, job, tmp_path)
     res = load_result(tmp_path / "water3.result.json")
     assert_same_result(ref, res, atol=1e-10, check_shape=False)
-    assert res.extras["qcmb_hpc"]["mode"] == "mpi" and res.extras["qcmb_hpc"]["workers"] == 2
+    rep = load_report(tmp_path / "water3.result.json")
+    assert rep["mode"] == "mpi" and rep["workers"] == 2
 
 
 # ------------------------------------------------------------------------------------------------
@@ -538,7 +539,7 @@ def assert_resumed_after_the_hang(inp, fault_dir, hung, workdir, ref):
     n = ref.properties.calcinfo_nmbe
     res = load_result(os.path.join(str(workdir), "water4.result.json"))
     assert_same_result(ref, res, exact=True, check_shape=False)
-    rep = res.extras["qcmb_hpc"]
+    rep = load_report(os.path.join(str(workdir), "water4.result.json"))
     assert (rep["restored"], rep["computed"]) == (n - 1, 1), rep
     labels = journal_labels(os.path.join(str(workdir), "water4.checkpoint.jsonl"))
     assert len(labels) == n and len(set(labels)) == n and labels[-1] == hung, labels
@@ -692,7 +693,7 @@ def test_resubmit_mpi_forwards_the_warning_through_srun(slurm, tmp_path):
     assert "mpi, 2 worker ranks of 3" in text and "requeueing job" in text, text
     res = load_result(tmp_path / "water4.result.json")
     assert_same_result(ref, res, exact=True, check_shape=False)
-    rep = res.extras["qcmb_hpc"]
+    rep = load_report(tmp_path / "water4.result.json")
     assert rep["mode"] == "mpi" and 0 < rep["restored"] < n and rep["restored"] + rep["computed"] == n, rep
     labels = journal_labels(journal)
     assert len(labels) == n and len(set(labels)) == n
@@ -729,7 +730,7 @@ def test_resubmit_mpi_requeued_after_its_ranks_were_killed(slurm, tmp_path):
     assert rec["Restarts"] == "1" and "calculation complete after 2 run(s)" in text, text
     res = load_result(tmp_path / "water4.result.json")
     assert_same_result(ref, res, exact=True, check_shape=False)
-    rep = res.extras["qcmb_hpc"]
+    rep = load_report(tmp_path / "water4.result.json")
     assert rep["mode"] == "mpi" and rep["restored"] == len(done) and rep["computed"] == n - len(done), rep
     label_of = labels_by_key(inp)
     runs = collections.Counter(label_of[key] for key in executions(records).elements())
@@ -798,7 +799,7 @@ def test_resubmit_requeues_at_a_real_timeout(slurm, background_jobs, case):
 
     res = load_result(workdir / "water4.result.json")
     assert_same_result(ref, res, exact=True, check_shape=False)
-    rep = res.extras["qcmb_hpc"]
+    rep = load_report(workdir / "water4.result.json")
     assert (rep["restored"], rep["computed"]) == (n - 1, 1), rep
     labels = journal_labels(workdir / "water4.checkpoint.jsonl")
     assert len(labels) == n and len(set(labels)) == n and labels[-1] == j["hung"], labels
@@ -832,7 +833,7 @@ def test_resubmit_survives_a_real_time_limit(slurm, background_jobs):
     res = load_result(workdir / "water4.result.json")
     assert_same_result(ref, res, exact=True, check_shape=False)
     n = ref.properties.calcinfo_nmbe
-    rep = res.extras["qcmb_hpc"]
+    rep = load_report(workdir / "water4.result.json")
     assert rep["restored"] + rep["computed"] == n, rep
     assert 0 < rep["restored"] < n, rep  # the last run resumed real work, and still had work to do
     # nothing that had finished ran again: the journal holds every fragment once, and the engine

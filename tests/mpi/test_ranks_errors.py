@@ -72,7 +72,7 @@ def test_faults_are_retried_on_other_ranks_and_the_result_is_exact(shared_dir):
         keywords={"fault_dir": shared_dir, "p": 0.5, "kinds": ["raise", "fail", "kill"], "seed": 3},
         **kw,
     )
-    res, _ = mpi_compute(inp, max_retries=2, load_balancing="dynamic")
+    res, _ = mpi_compute(inp, max_retries=2, load_balancing="dynamic", report_in_extras=True)
     ref = root_reference(many_body_input(TRIMER, **kw))
     assert_same_result(ref, res, exact=True)
     faults = 0
@@ -115,7 +115,7 @@ def test_sigterm_stops_every_rank_and_the_run_resumes(shared_dir):
     before = set(os.listdir(shared_dir))
     sync("control file removed")
 
-    res, _ = mpi_compute(inp, **cfg)
+    res, _ = mpi_compute(inp, report_in_extras=True, **cfg)
     new_runs = [n for n in set(os.listdir(shared_dir)) - before if n.endswith(".run")]
     keys = [n.split(".")[0] for n in new_runs]
     rep = res.extras["qcmb_hpc"]

@@ -32,7 +32,7 @@ def test_faults_under_mpi(shared_dir):
         os.makedirs(clean)
     sync("fault dirs")
     inp = fault_input(faults)
-    res, _ = mpi_compute(inp, timeout_per_fragment=1.5, max_retries=2, checkpoint=journal)
+    res, _ = mpi_compute(inp, timeout_per_fragment=1.5, max_retries=2, checkpoint=journal, report_in_extras=True)
     from conftest import assert_same_result
 
     assert_same_result(root_reference(fault_input(clean, p=0.0)), res, exact=True)

@@ -40,7 +40,7 @@ def test_more_ranks_than_fragments(kw):
     n_tasks = len(make_plan(inp).tasks)
     if size() - 1 <= n_tasks:
         pytest.skip(f"needs more than {n_tasks} worker ranks (-n {n_tasks + 2} or more)")
-    res, _ = mpi_compute(inp)
+    res, _ = mpi_compute(inp, report_in_extras=True)
     assert_same_result(root_reference(inp), res, exact=True)
     rep = res.extras["qcmb_hpc"]
     assert rep["workers"] == size() - 1 > rep["fragments"] == n_tasks
@@ -50,7 +50,7 @@ def test_more_ranks_than_fragments(kw):
 
 def test_max_workers_above_size_uses_every_rank():
     inp = many_body_input(TRIMER, bsse_type=["cp"], driver="energy")
-    res, _ = mpi_compute(inp, max_workers=64)
+    res, _ = mpi_compute(inp, report_in_extras=True, max_workers=64)
     assert_same_result(root_reference(inp), res, exact=True)
     assert res.extras["qcmb_hpc"]["workers"] == size() - 1
 
@@ -58,7 +58,7 @@ def test_max_workers_above_size_uses_every_rank():
 def test_single_worker():
     """max_workers=1: one rank does everything (at -n 2 that is simply the only worker)."""
     inp = many_body_input(TRIMER, bsse_type=["cp", "nocp"], driver="gradient")
-    res, _ = mpi_compute(inp, max_workers=1)
+    res, _ = mpi_compute(inp, report_in_extras=True, max_workers=1)
     assert_same_result(root_reference(inp), res, exact=True)
     rep = res.extras["qcmb_hpc"]
     assert rep["workers"] == 1
@@ -73,13 +73,13 @@ def test_spare_ranks_get_the_result(max_workers):
     if max_workers >= size() - 1:
         pytest.skip(f"max_workers={max_workers} leaves no spare rank at -n {size()}")
     inp = many_body_input(TRIMER, bsse_type=["vmfc"], driver="gradient")
-    res, _ = mpi_compute(inp, max_workers=max_workers, load_balancing="dynamic")
+    res, _ = mpi_compute(inp, report_in_extras=True, max_workers=max_workers, load_balancing="dynamic")
     assert_same_result(root_reference(inp), res, exact=True)
     rep = res.extras["qcmb_hpc"]
     assert rep["workers"] == max_workers
     assert worker_ids(res) <= set(range(max_workers))
     # and a spare rank is ready for the next run straight away
-    res2, _ = mpi_compute(inp)
+    res2, _ = mpi_compute(inp, report_in_extras=True)
     assert_same_result(res, res2, exact=True)
 
 
@@ -91,7 +91,7 @@ def test_spare_ranks_take_no_share_of_the_node():
     from qcmb_hpc.resources import detect_node, plan_layout
 
     inp = many_body_input(TRIMER, bsse_type=["cp"], driver="energy")
-    res, _ = mpi_compute(inp, max_workers=1)
+    res, _ = mpi_compute(inp, report_in_extras=True, max_workers=1)
     assert_same_result(root_reference(inp), res, exact=True)
     rep = res.extras["qcmb_hpc"]
     alone = plan_layout(detect_node(), ranks_on_node=1)
@@ -106,7 +106,7 @@ def test_spare_ranks_take_no_share_of_the_node():
 
 def test_adaptive_mode_picks_mpi():
     inp = many_body_input(TRIMER, bsse_type=["cp"], driver="energy")
-    res, _ = mpi_compute(inp, mode="adaptive")
+    res, _ = mpi_compute(inp, report_in_extras=True, mode="adaptive")
     assert res.extras["qcmb_hpc"]["mode"] == "mpi"
     assert res.extras["qcmb_hpc"]["workers"] == size() - 1
     assert_same_result(root_reference(inp), res, exact=True)
@@ -169,7 +169,7 @@ def test_idle_ranks_do_not_spin():
     n_tasks = len(make_plan(inp).tasks)
     max_workers = 1
     c0, w0 = time.process_time(), time.perf_counter()
-    res, _ = mpi_compute(inp, max_workers=max_workers)
+    res, _ = mpi_compute(inp, report_in_extras=True, max_workers=max_workers)
     cpu, wall = time.process_time() - c0, time.perf_counter() - w0
     assert wall >= n_tasks * sleep  # one worker ran them one after another
     shares = gather(cpu / wall, "CPU shares")

@@ -35,14 +35,14 @@ def test_nwchem_in_ranks(isolate):
     # ("ompi_rte_init failed: Unable to start a daemon on the local node"); a retry is what a run
     # does about that. Broken environment cleaning fails every attempt, so it still fails here.
     try:
-        res, _ = mpi_compute(
+        res, comp = mpi_compute(
             inp, imports=[], isolate_fragments=isolate, timeout_per_fragment=60 if isolate else None, max_retries=1
         )
     except FragmentExecutionError as exc:  # show NWChem's own words, not just the first line
         pytest.fail(f"{exc}\n{exc.details()}")
     ref = nwchem_reference(inp)
     assert_same_result(ref, res, atol=1e-10)
-    rep = res.extras["qcmb_hpc"]
+    rep = comp.run_info
     assert rep["mode"] == "mpi" and rep["workers"] == size() - 1
     assert rep["computed"] == rep["fragments"] == ref.properties.calcinfo_nmbe
     # the launcher's variables are back in the rank's environment after the run

@@ -18,10 +18,10 @@ TETRAMER = water_cluster(4)
 @pytest.mark.parametrize("case", sorted(MATRIX))
 def test_parity_matrix(case):
     inp = matrix_input(case)
-    res, _ = mpi_compute(inp)
+    res, comp = mpi_compute(inp)
     ref = root_reference(inp)
     assert_full_parity(ref, res)
-    rep = res.extras["qcmb_hpc"]
+    rep = comp.run_info  # every rank has the run report
     assert rep["mode"] == "mpi"
     assert rep["workers"] == size() - 1
     assert rep["computed"] == rep["fragments"] == ref.properties.calcinfo_nmbe

@@ -31,7 +31,7 @@ def run_counted(record_dir, hold_until_fraction, **cfg):
     hold_until = int((n_tasks - 1) * hold_until_fraction)
     keywords = {"record_dir": record_dir, "hold_until": hold_until, "hold_timeout": 60}
     inp = many_body_input(TRIMER, program="qcmb_count", keywords=keywords, **SHAPE)
-    res, _ = mpi_compute(inp, imports=[TEST_ENGINES, "ranks_count_engine"], **cfg)
+    res, _ = mpi_compute(inp, imports=[TEST_ENGINES, "ranks_count_engine"], report_in_extras=True, **cfg)
     return res, ref_inp, n_tasks
 
 

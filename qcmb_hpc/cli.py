@@ -152,6 +152,12 @@ def load_input(path: str) -> Dict[str, Any]:
     except UnicodeDecodeError:
         raise InputDataError(f"input file {path} is not text (JSON or YAML expected)") from None
     ext = os.path.splitext(path)[1].lower()
+    if ext == ".xyz" or _looks_like_xyz(text):
+        stem = os.path.splitext(os.path.basename(path))[0]
+        raise InputDataError(
+            f"input file {path} is an XYZ geometry, not a ManyBodyInput; make an input from it with "
+            f"`python -m qcmb_hpc init {path} --program pyscf --method mp2 --basis cc-pvdz --bsse cp --max-nbody 3 -o {stem}.json`"
+        )
     data: Any = None
     if ext in (".yaml", ".yml"):
         data = _yaml(path, text)
@@ -165,6 +171,15 @@ def load_input(path: str) -> Dict[str, Any]:
     if not isinstance(data, dict):
         raise InputDataError(f"input file {path} does not hold a ManyBodyInput (expected a mapping, got {type(data).__name__})")
     return data
+
+
+def _looks_like_xyz(text: str) -> bool:
+    """An XYZ file: an atom count, a comment line, then that many ``symbol x y z`` lines."""
+    lines = text.strip().splitlines()
+    if len(lines) < 3 or not lines[0].strip().isdigit():
+        return False
+    first_atom = lines[2].split()
+    return len(first_atom) >= 4 and first_atom[0][:1].isalpha()
 
 
 def _yaml(path: str, text: str, hint: str = "not valid YAML") -> Any:
@@ -228,6 +243,32 @@ def _write_json(path: str, result: Any) -> None:
     from .checkpoint import write_atomically
 
     write_atomically(path, text)
+
+
+#: what to say when the molecule is not cut into fragments
+FRAGMENTS_HINT = (
+    "a many-body expansion needs the molecule cut into fragments (molecule.fragments: one list of "
+    "atom indices per fragment); `python -m qcmb_hpc init FILE.xyz ...` finds them by connectivity"
+)
+
+
+def _computer(data: Dict[str, Any], config: ParallelConfig) -> Any:
+    """The computer for an input document; an input QCManyBody refuses is one line (InputDataError)."""
+    from .computer import ParallelManyBodyComputer, coerce_input
+    from .errors import describe_validation_error
+
+    try:
+        model, _ = coerce_input(data)
+        nfrag = len(model.molecule.fragments or [])
+        if nfrag <= 1:
+            raise InputDataError(f"the molecule has {'one fragment' if nfrag else 'no fragments'}: {FRAGMENTS_HINT}")
+        return ParallelManyBodyComputer(data, parallel_config=config)
+    except InputDataError:
+        raise
+    except Exception as exc:
+        if type(exc).__name__ != "ValidationError":  # pydantic's (v2, or v1 for a v1 input)
+            raise
+        raise InputDataError(f"not a valid ManyBodyInput: {describe_validation_error(exc)}") from None
 
 
 def _write_report(path: str, comp: Any, t0: float) -> Optional[Dict[str, Any]]:
@@ -372,7 +413,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
             import_modules(config.imports)
         except ImportError as exc:
             raise InputDataError(f"--import: {exc}") from None
-        comp = ParallelManyBodyComputer(data, parallel_config=config)
+        comp = _computer(data, config)
         result = comp.compute(fresh=args.fresh, broadcast_result=False)
     except InputDataError as exc:
         return _fail(EXIT_USAGE, str(exc))

@@ -10,15 +10,15 @@ which fragments finished.
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, ClassVar, Dict, Optional, Tuple, Union
 
-from pydantic import Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError
 from qcmanybody.models.v2 import ManyBodyInput
 from qcmanybody.v2 import ManyBodyComputer
 
 from .config import ParallelConfig, ParallelMode, config_from_environment
 from .errors import FragmentExecutionError, IncompleteRunError, InputDataError
-from .plan import Plan, make_plan
+from .plan import KEYWORD_FIELDS, Plan, make_plan
 from .progress import ProgressReporter
 from .report import run_report
 
@@ -27,17 +27,10 @@ logger = logging.getLogger("qcmb_hpc")
 __all__ = ["ParallelManyBodyComputer", "coerce_input"]
 
 
-def _validation_message(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors()[:3]:
-        loc = ".".join(str(x) for x in err.get("loc", ()) if x != "__root__")
-        parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
-    more = f" (+{len(exc.errors()) - 3} more)" if len(exc.errors()) > 3 else ""
-    return "; ".join(parts) + more
-
-
 def coerce_input(data: Any) -> Tuple[ManyBodyInput, int]:
-    """A v2 ``ManyBodyInput`` from a v2/v1 model or dict, and the schema version it came in."""
+    """A v2 ``ManyBodyInput`` from a v2/v1 model or dict, and the schema version it came in.
+    An invalid dict raises what QCManyBody's models raise (pydantic's ``ValidationError``: the
+    v2 model's, or the v1 model's for a dict that says it is v1)."""
     if isinstance(data, ManyBodyInput):
         return data, 2
     if hasattr(data, "convert_v") and getattr(data, "schema_version", None) == 1:
@@ -46,75 +39,104 @@ def coerce_input(data: Any) -> Tuple[ManyBodyInput, int]:
         raise InputDataError(f"input_data must be a ManyBodyInput (v1 or v2) or a dict, not {type(data).__name__}")
     version = data.get("schema_version")
     looks_v1 = version == 1 or data.get("schema_name") == "qcschema_manybodyinput"
-    errors = []
+    v2_error: Optional[Exception] = None
     if not looks_v1:
         try:
             return ManyBodyInput(**data), 2
-        except ValidationError as exc:
-            errors.append(_validation_message(exc))
-        except (TypeError, ValueError) as exc:
-            errors.append(str(exc))
+        except (ValidationError, TypeError) as exc:
+            v2_error = exc
         if version == 2:
-            raise InputDataError(f"not a valid ManyBodyInput: {errors[0]}")
-    try:
-        from qcmanybody.models.v1 import ManyBodyInput as ManyBodyInputV1
+            raise v2_error
+    from qcmanybody.models.v1 import ManyBodyInput as ManyBodyInputV1
 
+    try:
         return ManyBodyInputV1(**data).convert_v(2), 1
-    except Exception as exc:  # pydantic.v1 ValidationError and friends
-        text = str(exc).strip().replace("\n", " ")
-        errors.append(text[:400])
-    raise InputDataError(f"not a valid ManyBodyInput: {errors[0]}")
+    except Exception:  # pydantic.v1's ValidationError
+        if v2_error is not None:
+            raise v2_error from None
+        raise
+
+
+#: ``parallel_config`` not given: the class's :attr:`ParallelManyBodyComputer.default_parallel_config`
+_DEFAULT = object()
 
 
 class ParallelManyBodyComputer(ManyBodyComputer):
     """Drop-in for ``qcmanybody.v2.ManyBodyComputer`` that runs the fragments in parallel.
 
-    ``ParallelManyBodyComputer(input_data, parallel_config=None, progress_reporter=None)``:
+    ``ParallelManyBodyComputer(input_data, parallel_config=None, progress_reporter=None, **fields)``:
     ``input_data`` is a v2 or v1 ``ManyBodyInput`` (model or dict); ``parallel_config`` a
     :class:`ParallelConfig`, a dict of its fields, or None (sequential, exactly as before).
-    ``.compute()`` returns the ``ManyBodyResult`` (the input's schema version).
+    ``fields`` are the computer's own fields (``bsse_type``, ``max_nbody``, ``levels``, …) and
+    take effect as on QCManyBody's computer: the plan is made from the computer's fields, by
+    QCManyBody's own planning code. Any other keyword is a ``TypeError``.
+    ``.compute()`` returns the ``ManyBodyResult`` (the input's schema version), field for field
+    QCManyBody's; the run report is :attr:`run_info` (and in ``extras`` with
+    ``ParallelConfig(report_in_extras=True)``). Invalid input raises what QCManyBody raises
+    (pydantic's ``ValidationError``); qcmb_hpc's own checks raise :class:`InputDataError`.
     """
 
+    # QCManyBody's computer accepts (and ignores) any extra keyword; a parallel run that silently
+    # ignored e.g. a misspelt max_nbody would run another expansion than the one asked for
+    model_config = ConfigDict(extra="forbid")
+
+    #: the configuration used when none is passed (:func:`qcmb_hpc.parallelize` makes subclasses
+    #: with their own); None: sequential
+    default_parallel_config: ClassVar[Any] = None
+    default_progress_reporter: ClassVar[Any] = None
+
     parallel_config: Any = Field(None, exclude=True, description="ParallelConfig for the run.")
-    progress_reporter: Any = Field(None, exclude=True, description="Optional ProgressReporter.")
+    progress_reporter: Any = Field(None, exclude=True, description="Optional progress reporter(s).")
     input_schema_version: int = Field(2, exclude=True, description="Schema version of the input as given.")
     run_info: Any = Field(None, exclude=True, description="Report of the last compute().")
+    field_overrides: Dict[str, Any] = Field(default_factory=dict, exclude=True, description="Fields given beside input_data.")
 
     def __init__(
         self,
         input_data: Any = None,
-        parallel_config: Union[ParallelConfig, Dict[str, Any], None] = None,
-        progress_reporter: Optional[ProgressReporter] = None,
+        parallel_config: Union[ParallelConfig, Dict[str, Any], None] = _DEFAULT,  # type: ignore[assignment]
+        progress_reporter: Any = _DEFAULT,
         **kwargs: Any,
     ):
+        if parallel_config is _DEFAULT:
+            parallel_config = type(self).default_parallel_config
+        if progress_reporter is _DEFAULT:
+            progress_reporter = type(self).default_progress_reporter
         config = ParallelConfig.coerce(parallel_config)
+        ours = {"input_schema_version", "run_info", "field_overrides"}
+        known = set(ManyBodyComputer.model_fields) - {"task_list", "qcmb_core"}
+        unknown = sorted(set(kwargs) - known - ours)
+        if unknown:
+            raise TypeError(
+                f"ParallelManyBodyComputer got unknown keyword(s) {', '.join(unknown)}; "
+                f"the computer's fields are {', '.join(sorted(known))}, and parallel_config, progress_reporter"
+            )
         if input_data is not None and "molecule" not in kwargs:
             model, version = coerce_input(input_data)
+            overrides = {k: v for k, v in kwargs.items() if k in known and k != "input_data"}
             kwargs = {
                 "molecule": model.molecule,
                 "driver": model.specification.driver,
-                **model.specification.keywords.model_dump(exclude_unset=True),
+                **{k: v for k, v in model.specification.keywords.model_dump(exclude_unset=True).items() if k in KEYWORD_FIELDS},
                 "input_data": model,
                 "input_schema_version": version,
                 **kwargs,
+                "field_overrides": overrides,
             }
         elif input_data is not None:
             kwargs["input_data"] = input_data
-        try:
-            super().__init__(parallel_config=config, progress_reporter=progress_reporter, **kwargs)
-        except ValidationError as exc:
-            raise InputDataError(f"not a valid many-body input: {_validation_message(exc)}") from None
+        super().__init__(parallel_config=config, progress_reporter=progress_reporter, **kwargs)
 
     # ------------------------------------------------------------------------------------------
     @classmethod
     def from_manybodyinput(
-        cls, input_model: Any, build_tasks: bool = True, parallel_config: Any = None, **kwargs: Any
+        cls, input_model: Any, build_tasks: bool = True, parallel_config: Any = _DEFAULT, **kwargs: Any
     ):
         """Like ``qcmanybody.v2.ManyBodyComputer.from_manybodyinput``: with ``build_tasks`` run and
         return the ``ManyBodyResult``; without, return the planned computer (``qcmb_core`` set)."""
         comp = cls(input_model, parallel_config=parallel_config, **kwargs)
         if not build_tasks:
-            comp.qcmb_core = comp._plan().core
+            comp._plan()
             return comp
         return comp.compute()
 
@@ -141,26 +163,37 @@ class ParallelManyBodyComputer(ManyBodyComputer):
         if mode == ParallelMode.MPI:
             from .run import make_reporter
 
-            return run_mpi(self, config, make_reporter(config, self.progress_reporter), fresh, broadcast_result)
-        return self._compute_local(mode, fresh)
+            result = run_mpi(self, config, make_reporter(config, self.progress_reporter), fresh, broadcast_result)
+        else:
+            result = self._compute_local(mode, fresh)
+        return self._in_input_version(result)
 
-    def _compute_local(self, mode: ParallelMode, fresh: bool = False):
+    def _in_input_version(self, result: Any) -> Any:
+        """The v2 result in the schema version of the input (the one place results are converted).
+        A v1 caller would have used QCManyBody's v1 computer, which stamps its own routine."""
+        if result is None or self.input_schema_version != 1:
+            return result
+        v1 = result.convert_v(1)
+        return v1.copy(update={"provenance": v1.provenance.copy(update={"routine": "qcmanybody.v1.computer"})})
+
+    def _compute_local(self, mode: ParallelMode, fresh: bool = False, fell_back: Optional[str] = None):
         from .run import make_reporter, run_local
 
         plan = self._plan()
         reporter = make_reporter(self.parallel_config, self.progress_reporter)
-        outcome, atomic, info = run_local(plan, self.parallel_config, mode, reporter, fresh=fresh)
+        outcome, atomic, info = run_local(plan, self.parallel_config, mode, reporter, fresh=fresh, fell_back=fell_back)
         return self._assemble(plan, outcome, atomic, info)
 
     def _plan(self) -> Plan:
+        """QCManyBody's plan of this computer (its own fields, its own planning code). A
+        ``ValueError`` QCManyBody raises while planning comes out as an :class:`InputDataError`
+        (a ``ValueError`` too) with its first line."""
         try:
-            plan = make_plan(self.input_data)
-        except ValidationError as exc:
-            raise InputDataError(f"not a valid many-body input: {_validation_message(exc)}") from None
+            return make_plan(self, self.field_overrides)
+        except ValidationError:
+            raise
         except ValueError as exc:
             raise InputDataError(str(exc).strip().splitlines()[0]) from None
-        self.qcmb_core = plan.core
-        return plan
 
     def _assemble(self, plan: Plan, outcome: Any, atomic: Dict[int, Any], info: Any):
         config: ParallelConfig = self.parallel_config
@@ -201,6 +234,4 @@ class ParallelManyBodyComputer(ManyBodyComputer):
         result = plan.upstream.get_results(external_results=analyze_back, component_results=component_results)
         if config.report_in_extras:
             result = result.model_copy(update={"extras": {**result.extras, "qcmb_hpc": report}})
-        if self.input_schema_version == 1:
-            return result.convert_v(1)
         return result

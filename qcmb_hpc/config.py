@@ -323,14 +323,19 @@ class ParallelConfig:
         default_factory=list,
     )
 
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            try:
-                parsed = f.metadata["parse"](value)
-            except ValueError as exc:
-                raise ValueError(f"ParallelConfig.{f.name}: invalid value {value!r}: {exc}") from None
-            object.__setattr__(self, f.name, parsed)
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Every assignment — in the constructor and after it — is parsed and validated: a bad
+        value is a ``ValueError`` naming the field, at the assignment (not deep inside a run
+        later), and the field reads back in its parsed form (an enum, bytes, seconds), which
+        can be assigned again. A name that is not a setting is an ``AttributeError``."""
+        f = _FIELDS.get(name)
+        if f is None:
+            raise AttributeError(f"ParallelConfig has no setting {name!r}; settings: {', '.join(sorted(_FIELDS))}")
+        try:
+            parsed = f.metadata["parse"](value)
+        except ValueError as exc:
+            raise ValueError(f"ParallelConfig.{name}: invalid value {value!r}: {exc}") from None
+        object.__setattr__(self, name, parsed)
 
     # ----------------------------------------------------------------------------------------
     @classmethod
@@ -367,6 +372,9 @@ class ParallelConfig:
             v = getattr(self, f.name)
             out[f.name] = v.value if isinstance(v, enum.Enum) else v
         return out
+
+
+_FIELDS: Dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(ParallelConfig)}
 
 
 # --------------------------------------------------------------------------------------------

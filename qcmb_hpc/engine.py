@@ -430,6 +430,12 @@ def make_runner(spec: RunSpec, task_config: Dict[str, Any], close_in_child: List
     child), else an :class:`InlineRunner`. ``close_in_child``: inherited connections the child closes."""
     if spec.isolate or spec.timeout is not None:
         runner = ChildRunner(spec, task_config, timeout=spec.timeout, close_in_child=close_in_child)
-        runner.ensure_started()
-        return runner
+        try:
+            runner.ensure_started()
+            return runner
+        except OSError as exc:  # e.g. BlockingIOError: the process limit is reached
+            logger.warning(
+                "cannot start the process that isolates fragments (%s): running them in the worker itself%s",
+                exc, " (timeout_per_fragment cannot be enforced)" if spec.timeout is not None else "",
+            )
     return InlineRunner(spec, task_config)

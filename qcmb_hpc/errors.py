@@ -5,12 +5,36 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional
 
 __all__ = [
+    "describe_validation_error",
     "QCMBError",
     "InputDataError",
     "ParallelExecutionError",
     "FragmentExecutionError",
     "IncompleteRunError",
 ]
+
+
+def describe_validation_error(exc: BaseException, limit: int = 3) -> str:
+    """One line for a pydantic ``ValidationError`` (v2 or v1): ``field.path: problem; …``. A list
+    of allowed values is said with each value once (an enum with aliases repeats them)."""
+    import re
+
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return " ".join(str(exc).split())[:400]
+    parts = []
+    items = list(errors())
+    for err in items[:limit]:
+        loc = ".".join(str(x) for x in err.get("loc", ()) if x != "__root__")
+        msg = str(err.get("msg", ""))
+        m = re.match(r"^(Input should be )(.*)$", msg)
+        if m:
+            choices = list(dict.fromkeys(re.findall(r"'[^']*'", m.group(2))))
+            if len(choices) > 1:
+                msg = m.group(1) + ", ".join(choices[:-1]) + " or " + choices[-1]
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
+    return "; ".join(parts) + more
 
 
 class QCMBError(Exception):

@@ -18,6 +18,15 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 from qcmanybody import ManyBodyCore
 from qcmanybody.utils import delabeler, labeler
+from qcmanybody.v2.computer import ManyBodyComputer as UpstreamComputer
+
+#: QCManyBody's own v2 computer, kept from import time: :func:`qcmb_hpc.parallelize` (and code
+#: that parallelizes a program it does not own) may replace ``qcmanybody.v2.ManyBodyComputer``
+#: with the parallel class later; planning must still reach the original.
+UPSTREAM_COMPUTER = UpstreamComputer
+
+#: the many-body keywords that are fields of the computer (what ``ManyBodyKeywords`` holds)
+KEYWORD_FIELDS = ("bsse_type", "embedding_charges", "return_total_data", "levels", "max_nbody", "supersystem_ie_only")
 
 __all__ = ["FragmentTask", "RunSpec", "iterate_labels", "build_tasks", "build_fragment_molecule", "build_atomic_input"]
 
@@ -163,19 +172,23 @@ def build_atomic_input(spec: RunSpec, label: str):
     return chem["program"], inp
 
 
-def input_fingerprint(input_model: Any) -> str:
+def input_fingerprint(input_model: Any, overrides: Optional[Dict[str, Any]] = None) -> str:
     """SHA-256 of everything in a v2 ``ManyBodyInput`` that changes the numbers: molecule,
     driver, many-body keywords, and each model chemistry's program, method, basis and keywords.
-    Identifiers, provenance and extras are left out."""
+    Identifiers, provenance and extras are left out. ``overrides``: computer fields given
+    beside the input (``molecule``, ``driver``, many-body keywords), which the run uses instead."""
     dump = input_model.model_dump(mode="json")
     spec = dump["specification"]
+    over = json.loads(json.dumps(overrides or {}, default=_json_default))
+    keywords = {**spec["keywords"], **{k: v for k, v in over.items() if k in KEYWORD_FIELDS}}
     relevant = {
-        "molecule": dump["molecule"],
-        "driver": spec["driver"],
-        "keywords": spec["keywords"],
+        "molecule": over.get("molecule", dump["molecule"]),
+        "driver": over.get("driver", spec["driver"]),
+        "keywords": keywords,
         "specification": spec["specification"],
         "protocols": spec.get("protocols"),
     }
+    relevant["molecule"] = dict(relevant["molecule"])
     for key in ("provenance", "id", "extras"):
         relevant["molecule"].pop(key, None)
     text = json.dumps(relevant, sort_keys=True, separators=(",", ":"), default=str)
@@ -199,11 +212,36 @@ class Plan:
         return sorted({chem["program"] for chem in self.specifications.values()})
 
 
-def make_plan(input_model: Any) -> Plan:
-    """Plan with QCManyBody itself: ``ManyBodyComputer.from_manybodyinput(build_tasks=False)``."""
-    from qcmanybody.v2 import ManyBodyComputer
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return getattr(value, "value", str(value))
 
-    upstream = ManyBodyComputer.from_manybodyinput(input_model, build_tasks=False)
+
+class _ThisComputer:
+    """Stands in for the class in QCManyBody's ``from_manybodyinput``: "constructing" it gives
+    back the computer already built (with its own fields), so QCManyBody's planning code runs
+    on exactly the fields the caller gave."""
+
+    def __init__(self, computer: Any):
+        self.computer = computer
+
+    def __call__(self, **_fields_from_the_input: Any) -> Any:
+        return self.computer
+
+
+def make_plan(source: Any, overrides: Optional[Dict[str, Any]] = None) -> Plan:
+    """Plan with QCManyBody itself. ``source``: a v2 ``ManyBodyInput`` (planned as
+    ``ManyBodyComputer.from_manybodyinput(build_tasks=False)`` plans it), or an already built
+    computer (a ``qcmanybody.v2.ManyBodyComputer``, e.g. a :class:`ParallelManyBodyComputer`),
+    which is planned from its own fields, as QCManyBody plans from the computer's fields —
+    ``overrides`` names the fields given beside the input (for the fingerprint)."""
+    if isinstance(source, UPSTREAM_COMPUTER):
+        upstream = UPSTREAM_COMPUTER.from_manybodyinput.__func__(_ThisComputer(source), source.input_data, build_tasks=False)
+    else:
+        upstream = UPSTREAM_COMPUTER.from_manybodyinput(source, build_tasks=False)
     specs = specifications_from_input(upstream.input_data, upstream.driver)
     protocol = upstream.input_data.specification.protocols.cluster_results
     return Plan(
@@ -211,6 +249,6 @@ def make_plan(input_model: Any) -> Plan:
         core=upstream.qcmb_core,
         tasks=build_tasks(upstream.qcmb_core),
         specifications=specs,
-        fingerprint=input_fingerprint(upstream.input_data),
+        fingerprint=input_fingerprint(upstream.input_data, overrides),
         keep_atomic_results=getattr(protocol, "value", protocol) == "all",
     )

@@ -93,10 +93,14 @@ def resolve_mode(config: ParallelConfig, environ: Optional[Dict[str, str]] = Non
 
 
 def check_programs(plan: Plan) -> None:
-    """Every program must be known to qcengine and installed: a one-line error otherwise."""
+    """Every program the plan uses must be known to qcengine and installed: a one-line error
+    otherwise. A model chemistry that no level uses is ignored, as QCManyBody ignores it."""
     import qcengine
 
+    used = {t.mc for t in plan.tasks}
     for mc, chem in plan.specifications.items():
+        if mc not in used:
+            continue
         prog = chem["program"]
         try:
             qcengine.get_program(prog)
@@ -270,14 +274,25 @@ def _warm_qcengine() -> None:
 # ------------------------------------------------------------------------------------------------
 
 
+def _no_child_processes(spec: RunSpec) -> None:
+    """Processes cannot be started: run fragments in this process (no isolated child, so no
+    per-fragment timeout either)."""
+    if spec.timeout is not None:
+        logger.warning("timeout_per_fragment=%g s cannot be enforced without child processes", spec.timeout)
+    spec.isolate = False
+    spec.timeout = None
+
+
 def run_local(
     plan: Plan,
     config: ParallelConfig,
     mode: ParallelMode,
     reporter: Optional[ProgressReporter],
     fresh: bool = False,
+    fell_back: Optional[str] = None,
 ) -> Tuple[RunOutcome, Dict[int, Any], RunInfo]:
-    """Run on this node. Returns the outcome, restored AtomicResults, and run info."""
+    """Run on this node. Returns the outcome, restored AtomicResults, and run info.
+    ``fell_back``: why this (sequential) run stands in for another mode, if it does."""
     from .transport.inprocess import InProcessTransport
     from .transport.processes import ProcessTransport, TransportStartError
 
@@ -289,7 +304,6 @@ def run_local(
     tracker = ProgressTracker(reporter, [t.nbody for t in plan.tasks])
     logger.info("qcmb_hpc: %s, %s", mode.value, layout.describe())
     _warm_qcengine()
-    fell_back = None
     endpoint: Any = None
     try:
         if mode == ParallelMode.SEQUENTIAL or todo == 0:
@@ -301,7 +315,8 @@ def run_local(
                 if not config.fallback_to_sequential:
                     raise ParallelExecutionError(str(exc)) from None
                 fell_back = str(exc)
-                logger.warning("%s; continuing sequentially (fallback_to_sequential)", exc)
+                logger.warning("%s; continuing sequentially in this process (fallback_to_sequential)", exc)
+                _no_child_processes(spec)
                 endpoint = InProcessTransport()
         coord = _coordinator(plan, config, endpoint, spec, journal, restored, tracker, cost)
         try:
@@ -407,11 +422,11 @@ def run_mpi(computer: Any, config: ParallelConfig, reporter: Optional[ProgressRe
         if not config.fallback_to_sequential:
             raise ParallelExecutionError(f"MPI mode needs mpi4py: {exc}") from None
         logger.warning("MPI mode needs mpi4py (%s); continuing sequentially (fallback_to_sequential)", exc)
-        return computer._compute_local(ParallelMode.SEQUENTIAL, fresh)
+        return computer._compute_local(ParallelMode.SEQUENTIAL, fresh, fell_back=f"MPI mode needs mpi4py: {exc}")
     check_world(comm)
     if comm.Get_size() == 1:
         logger.info("MPI world of one rank: running sequentially")
-        return computer._compute_local(ParallelMode.SEQUENTIAL, fresh)
+        return computer._compute_local(ParallelMode.SEQUENTIAL, fresh, fell_back="an MPI world of one rank")
     # Meet without spinning (ranks may call compute() seconds apart), then work on a private
     # duplicate of the world: messages of this run can never be taken for the caller's own traffic
     # on COMM_WORLD (or for a previous run's), nor the other way round.
@@ -424,10 +439,7 @@ def run_mpi(computer: Any, config: ParallelConfig, reporter: Optional[ProgressRe
         comm.Free()
     if comm_rank != 0:
         result, computer.run_info = result
-    # the result crosses ranks as v2 (a v1 ManyBodyResult does not pickle); every rank converts
-    if result is not None and getattr(computer, "input_schema_version", 2) == 1:
-        result = result.convert_v(1)
-    return result
+    return result  # v2 (a v1 ManyBodyResult does not pickle); the computer converts on every rank
 
 
 def _tell(comm: Any, msg: Tuple[Any, ...], where: str) -> None:
@@ -470,7 +482,6 @@ def _run_mpi(comm: Any, computer: Any, config: ParallelConfig, reporter: Optiona
     logger.info(
         "qcmb_hpc: mpi, %d worker ranks of %d (%d on this node), %s", n_workers, size, workers_here, layout.describe()
     )
-    version = getattr(computer, "input_schema_version", 2)
     told = False  # whether the other ranks have been told (then they raise the same error)
     try:
         endpoint = MpiCoordinatorEndpoint(comm, n_workers)
@@ -485,17 +496,12 @@ def _run_mpi(comm: Any, computer: Any, config: ParallelConfig, reporter: Optiona
         info = RunInfo(
             mode="mpi", workers=n_workers, layout=layout, wall=time.perf_counter() - t0, initial_costs=cost.initial_estimates
         )
-        if version == 1:
-            computer.input_schema_version = 2  # v2 travels (v1 does not pickle); run_mpi converts on every rank
         try:
             result = computer._assemble(plan, outcome, atomic, info)
         except QCMBError as exc:
             told = True
             _tell(comm, ("ERROR", exc), "sending the error")
             raise
-        finally:
-            if version == 1:
-                computer.input_schema_version = version
     except QCMBError as exc:
         if not told:  # raised while the workers still work: they would never hear of it
             _abort(comm, "coordinator", exc)

@@ -145,3 +145,33 @@ def test_pool_that_cannot_start_falls_back(trimer, monkeypatch):
     assert_same_result(reference(inp), res, exact=True)
     with pytest.raises(ParallelExecutionError, match="cannot fork"):
         ParallelManyBodyComputer(inp, parallel_config=quiet(report_in_extras=True, mode="multiprocessing", fallback_to_sequential=False)).compute()
+
+
+@pytest.mark.parametrize("mode", ["multiprocessing", "sequential"])
+def test_no_process_can_be_started(trimer, tmp_path, monkeypatch, mode):
+    """``os.fork`` fails as it does at the process limit (BlockingIOError). The run continues in
+    the calling process — no fork at all, isolation on by default notwithstanding — keeps what
+    was checkpointed before, and says it fell back."""
+    import os
+
+    inp = many_body_input(trimer, bsse_type=["cp", "nocp"])
+    ck = str(tmp_path / "j.jsonl")
+    ParallelManyBodyComputer(inp, parallel_config=quiet(mode="sequential", checkpoint=ck)).compute()
+    lines = open(ck).read().splitlines()
+    with open(ck, "w") as fh:  # keep the header and three fragments
+        fh.write("\n".join(lines[:4]) + "\n")
+    forks = []
+
+    def no_fork():
+        forks.append(1)
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    comp = ParallelManyBodyComputer(inp, parallel_config=quiet(mode=mode, checkpoint=ck))
+    res = comp.compute()
+    assert_same_result(reference(inp), res, exact=True)
+    rep = comp.run_info
+    assert rep["mode"] == "sequential" and rep["restored"] == 3
+    if mode == "multiprocessing":
+        assert "Resource temporarily unavailable" in rep["fell_back_to_sequential"]
+    assert len(forks) == 1  # tried once (the pool, or the isolating child), never again

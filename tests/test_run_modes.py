@@ -98,6 +98,7 @@ def test_mpi_mode_without_mpi4py_and_no_launcher_falls_back(trimer, monkeypatch)
     res = ParallelManyBodyComputer(inp, parallel_config=quiet(report_in_extras=True, mode="mpi")).compute()
     assert_same_result(reference(inp), res, exact=True)
     assert res.extras["qcmb_hpc"]["mode"] == "sequential"
+    assert "MPI mode needs mpi4py" in res.extras["qcmb_hpc"]["fell_back_to_sequential"]
     with pytest.raises(ParallelExecutionError, match="mpi4py"):
         ParallelManyBodyComputer(inp, parallel_config=quiet(report_in_extras=True, mode="mpi", fallback_to_sequential=False)).compute()
 

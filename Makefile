@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 MPIEXEC:= $(VENV)/bin/mpiexec
 APT_PACKAGES := nwchem slurmctld slurmd
 
-.PHONY: install system-packages venv run test test-unit test-mpi test-slurm bench clean
+.PHONY: install system-packages venv run test test-unit test-mpi test-slurm test-qcmanybody-full bench clean
 
 install: system-packages venv
 
@@ -32,7 +32,11 @@ $(VENV)/.installed: pyproject.toml
 run: venv
 	$(PY) -m qcmb_hpc --fresh
 
-test: install test-unit test-mpi test-slurm
+# around the suites: nothing of ours may be left in the temporary directory or /dev/shm
+test: install
+	$(PY) tests/leftovers.py snapshot .leftovers.json
+	$(MAKE) test-unit test-mpi test-slurm
+	$(PY) tests/leftovers.py check .leftovers.json
 
 test-unit: venv
 	timeout 1500 $(PY) -m pytest -q --ignore=tests/mpi -m "not slurm" tests
@@ -44,6 +48,10 @@ test-mpi: venv
 
 test-slurm: install
 	timeout 1200 $(PY) -m pytest -q -m slurm tests/test_slurm.py
+
+# every test of QCManyBody's own suite that the installed engines can run, through qcmb_hpc (hours)
+test-qcmanybody-full: install
+	$(PY) -m pytest -q -p no:cacheprovider -p qcmb_hpc.testing.qcmanybody_suite --pyargs qcmanybody
 
 bench: venv
 	timeout 3600 $(PY) benchmarks/run_all.py

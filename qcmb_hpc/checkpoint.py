@@ -243,8 +243,9 @@ class Journal:
 def write_atomically(path: str, text: str) -> None:
     """Replace ``path`` by ``text`` durably: a uniquely named temporary file in the same directory,
     fsynced, renamed over ``path`` (readers see the old file or the new one, never a part; an
-    existing file's permissions are kept), then the directory fsynced. The one way this project
-    writes a whole file: the journal's header, the cost history, the command line's result."""
+    existing file's permissions are kept, a new file gets those the user's umask gives, as
+    ``open`` would), then the directory fsynced. The one way this project writes a whole file:
+    the journal's header, the cost history, the command line's result and report."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     try:
@@ -252,14 +253,24 @@ def write_atomically(path: str, text: str) -> None:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
-        with contextlib.suppress(OSError):  # keep a shared file's permissions (mkstemp makes 0600)
-            os.chmod(tmp, os.stat(path).st_mode & 0o7777)
+        try:  # mkstemp makes 0600: a group on a cluster could not read the result
+            mode = os.stat(path).st_mode & 0o7777
+        except OSError:
+            mode = 0o666 & ~_umask()
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
     _fsync_dir(path)
+
+
+def _umask() -> int:
+    """This process's umask (reading it means setting it: put straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(path: str) -> None:

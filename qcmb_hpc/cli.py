@@ -421,7 +421,8 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         _write_report(report_path, comp, t0)
         if _rank() == 0:
             print(f"qcmb_hpc: error: {exc}", file=sys.stderr)
-            print(exc.details(), file=sys.stderr, flush=True)
+            print(exc.details(), file=sys.stderr)
+            print(f"qcmb_hpc: every attempt, with the engine's whole output: {report_path} (\"failures\")", file=sys.stderr, flush=True)
         return EXIT_FRAGMENT
     except IncompleteRunError as exc:
         _write_report(report_path, comp, t0)

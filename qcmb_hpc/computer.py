@@ -220,7 +220,11 @@ class ParallelManyBodyComputer(ManyBodyComputer):
                         "attempts": [a.__dict__ for a in attempts],
                     }
                 )
-            raise FragmentExecutionError(failures, completed=done, total=len(plan.tasks))
+            # every failed fragment in the report (the CLI writes it to NAME.report.json), each engine text up to 10k characters
+            report["failures"] = [{**f, "attempts": [{**a, "error_message": a["error_message"][:10000]} for a in f["attempts"]]} for f in failures]
+            if outcome.systematic:
+                report["systematic_failure"] = outcome.systematic
+            raise FragmentExecutionError(failures, completed=done, total=len(plan.tasks), systematic=outcome.systematic)
         if outcome.incomplete:
             raise IncompleteRunError(outcome.stop_reason or "a stop request", done, len(plan.tasks), config.checkpoint)
 

@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
+from . import failures
 from . import transport as T
 from .checkpoint import Journal, encode_properties
 from .config import LoadBalanceStrategy
@@ -42,9 +43,8 @@ class WorkerLostError(RuntimeError):
 
 
 def should_retry(outcome: FragmentOutcome, attempts: int, retry_enabled: bool, max_retries: int) -> bool:
-    """Policy: retry a failed attempt if retries are on, the error can succeed on a retry, and the
-    fragment has had fewer than ``1 + max_retries`` attempts."""
-    return bool(retry_enabled and outcome.retryable and attempts < 1 + max_retries)
+    """:func:`qcmb_hpc.failures.should_retry` for an outcome."""
+    return failures.should_retry(outcome.retryable, attempts, retry_enabled, max_retries)
 
 
 @dataclass
@@ -72,6 +72,9 @@ class RunOutcome:
     steal_requests: int = 0
     strategy: str = ""
     lost_workers: List[str] = field(default_factory=list)
+    #: set when the run stopped because its failures are systematic (:func:`qcmb_hpc.failures.is_systematic`):
+    #: {"error_type", "line" (what the engine said), "labels" (the fragments that saw it)}
+    systematic: Optional[Dict[str, Any]] = None
 
 
 class Coordinator:
@@ -147,13 +150,25 @@ class Coordinator:
         self.stop_sent = False
         self._mean_seconds: Optional[float] = None
         self._results_seen = 0
+        # per model chemistry: fragments to do, successes, and the signatures of those failed for good
+        self._todo_mc = collections.Counter(self.tasks[t].mc for t in todo)
+        self._ok_mc: Dict[str, int] = collections.Counter()
+        self._failed_mc: Dict[str, List[Tuple[str, str]]] = collections.defaultdict(list)
+        self._failed_ids: Dict[str, List[int]] = collections.defaultdict(list)
+        for tid, attempts in self.out.failures.items():  # a continued run's failures count on ...
+            self._note_failure(tid, attempts[-1])
+        if previous is not None:  # ... and so do its successes
+            self._ok_mc.update(self.tasks[t].mc for t in previous.properties)
         self._next_refit = 8
 
     # ------------------------------------------------------------------------------------------
-    def request_stop(self, reason: str) -> None:
-        """Stop handing out work (safe to call from a signal handler)."""
+    def request_stop(self, reason: str, grace_period: Optional[float] = None) -> None:
+        """Stop handing out work (safe to call from a signal handler); running fragments get
+        ``grace_period`` seconds (default: the run's) to finish."""
         if self.stop_reason is None:
             self.stop_reason = reason
+            if grace_period is not None:
+                self.grace_period = grace_period
 
     def run(self) -> RunOutcome:
         t_start = self.clock()
@@ -288,11 +303,10 @@ class Coordinator:
         avoid = {a.worker for a in self.out.attempts[tid]}
         self.scheduler.failed(wid, tid, retry=retry, avoid=avoid)
         if retry:
-            logger.warning(
-                "fragment %s attempt %d on worker %d failed (%s); retrying", task.label, n, wid, attempt.error_type
-            )
+            # (said once: the progress reporter shows it; the log has it at DEBUG)
+            logger.debug("fragment %s attempt %d on worker %d failed (%s); retrying", task.label, n, wid, attempt.error_type)
             if self.tracker is not None:
-                self.tracker.retried(task.label, n, f"{attempt.error_type}: {_first_line(attempt.error_message)}")
+                self.tracker.retried(task.label, n, f"{attempt.error_type}: {failures.meaningful_line(attempt.error_message)}")
         else:
             self._fail_for_good(tid)
         return False
@@ -303,14 +317,34 @@ class Coordinator:
         attempts = self.out.attempts[tid]
         self.out.failures[tid] = attempts
         self.unresolved.discard(tid)
-        logger.error("fragment %s failed for good after %d attempt(s): %s", task.label, len(attempts), attempts[-1].error_type)
+        logger.debug("fragment %s failed for good after %d attempt(s): %s", task.label, len(attempts), attempts[-1].error_type)
         if self.tracker is not None:
             self.tracker.completed(task.label, task.nbody, False)
+        last = attempts[-1]
+        seen = self._note_failure(tid, last)
+        if self.out.systematic is None and failures.is_systematic(seen, self._ok_mc[task.mc], self._todo_mc[task.mc]):
+            alike = [t for t, sig in zip(self._failed_ids[task.mc], seen) if sig == seen[-1]]
+            self.out.systematic = {
+                "model_chemistry": task.mc,
+                "error_type": last.error_type,
+                "line": failures.meaningful_line(last.error_message),
+                "labels": [self.tasks[t].label for t in alike],
+            }
+            logger.debug("systematic failure of model chemistry %s: stopping", task.mc)
+            self.request_stop("a systematic error", grace_period=0.0)
+
+    def _note_failure(self, tid: int, last: Attempt) -> List[Tuple[str, str]]:
+        """Record a failure for good for the systematic-error rule; the signatures of its model chemistry."""
+        mc = self.tasks[tid].mc
+        self._failed_mc[mc].append(failures.signature(last.error_type, last.error_message))
+        self._failed_ids[mc].append(tid)
+        return self._failed_mc[mc]
 
     def _count_success(self, out: FragmentOutcome) -> None:
         tid = out.id
         task = self.tasks[tid]
         self.out.properties[tid] = out.properties or {}
+        self._ok_mc[task.mc] += 1
         if out.atomic_result is not None:
             self.out.atomic_results[tid] = out.atomic_result
         self.unresolved.discard(tid)
@@ -404,9 +438,12 @@ class Coordinator:
 
     def _begin_stop(self) -> None:
         self.stop_deadline = self.clock() + self.grace_period
-        logger.warning(
-            "stop requested (%s): no new fragments; running ones get %.0f s to finish", self.stop_reason, self.grace_period
-        )
+        if self.grace_period > 0:
+            logger.warning(
+                "stop requested (%s): no new fragments; running ones get %.0f s to finish", self.stop_reason, self.grace_period
+            )
+        else:
+            logger.warning("stopping (%s): no new fragments; running ones are cut", self.stop_reason)
         self.scheduler.cancel_steals()
         for w in list(self.live):
             unstarted = list(self.scheduler.sent.get(w, ()))[1:]
@@ -428,10 +465,3 @@ class Coordinator:
                 for wid, _ in msgs:
                     if wid in self.said_bye or wid not in self.live:
                         waiting.discard(wid)
-
-
-def _first_line(text: str) -> str:
-    for line in (text or "").strip().splitlines():
-        if line.strip():
-            return line.strip()[:200]
-    return ""

@@ -60,25 +60,44 @@ DETAIL_FAILURES = 20
 class FragmentExecutionError(QCMBError, RuntimeError):
     """One or more fragments failed for good. ``failures`` holds, per fragment, its label, program
     and every attempt (worker, host, error type and the engine's message). Every other fragment was
-    finished and checkpointed first."""
+    finished and checkpointed first — unless the failures were systematic (``systematic``: the
+    first fragments to fail all failed alike before any succeeded, see
+    :func:`qcmb_hpc.failures.is_systematic`), when the run stopped at once, keeping what finished."""
 
-    def __init__(self, failures: List[Dict[str, Any]], completed: int = 0, total: int = 0):
+    def __init__(
+        self, failures: List[Dict[str, Any]], completed: int = 0, total: int = 0, systematic: Optional[Dict[str, Any]] = None
+    ):
         self.failures = failures
         self.completed = completed
         self.total = total
-        super().__init__(self._message())
+        self.systematic = systematic
+        super().__init__(self._systematic_message() if systematic else self._message())
+
+    def _systematic_message(self) -> str:
+        from .failures import distinct, fix_hint
+
+        s = self.systematic or {}
+        labels = s.get("labels", [])
+        programs = ", ".join(distinct((f.get("program") or "?" for f in self.failures), 3))
+        shown = "; ".join(labels[:3]) + (f"; and {len(labels) - 3} more" if len(labels) > 3 else "")
+        return (
+            f"{programs} failed the same way for the first {len(labels)} fragments and none succeeded, so the run "
+            f"stopped (a systematic error: the other fragments would fail alike): {s.get('error_type')}: "
+            f"«{s.get('line')}» (fragments {shown}). To fix: {fix_hint(s.get('error_type', ''), s.get('line', ''))}; "
+            f"then run again ({self.completed} of {self.total} fragments finished and kept)"
+        )
 
     def _message(self) -> str:
+        from .failures import meaningful_line
+
         parts = []
         for f in self.failures[:MESSAGE_FAILURES]:
             attempts = f.get("attempts", [])
             last = attempts[-1] if attempts else {}
             where = ", ".join(sorted({f"worker {a.get('worker')}@{a.get('host') or '?'}" for a in attempts}))
-            text = (last.get("error_message") or "").strip()
-            first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
             parts.append(
                 f"fragment {f['label']} (program {f.get('program')}) failed after {len(attempts)} attempt(s) "
-                f"on {where or '?'}: {last.get('error_type', 'error')}: {first[:500]}"
+                f"on {where or '?'}: {last.get('error_type', 'error')}: {meaningful_line(last.get('error_message'))}"
             )
         head = f"{len(self.failures)} fragment(s) failed"
         if self.total:
@@ -87,24 +106,32 @@ class FragmentExecutionError(QCMBError, RuntimeError):
         return head + ": " + "; ".join(parts) + (f"; and {more} more (see .failures)" if more > 0 else "")
 
     def __reduce__(self):
-        return (type(self), (self.failures, self.completed, self.total))
+        return (type(self), (self.failures, self.completed, self.total, self.systematic))
 
-    def details(self, limit: Optional[int] = DETAIL_FAILURES) -> str:
-        """Every attempt of the first ``limit`` failed fragments (None: all), with the error text."""
-        lines = []
+    def details(self, limit: Optional[int] = DETAIL_FAILURES, lines: int = 1) -> str:
+        """Every attempt of the first ``limit`` failed fragments (None: all): where it ran, how long,
+        and what the engine said — its meaningful line, or the last ``lines`` lines of its text
+        when ``lines`` > 1. (A systematic failure shows one fragment: the others are alike.)"""
+        from .failures import meaningful_line
+
+        out = []
+        if self.systematic and limit is not None:
+            limit = 1
         shown = self.failures if limit is None else self.failures[:limit]
         for f in shown:
-            lines.append(f"fragment {f['label']} (program {f.get('program')}):")
+            out.append(f"fragment {f['label']} (program {f.get('program')}):")
             for k, a in enumerate(f.get("attempts", []), start=1):
-                lines.append(
+                text = a.get("error_message") or ""
+                said = [meaningful_line(text)] if lines <= 1 else text.strip().splitlines()[-lines:]
+                out.append(
                     f"  attempt {k} on worker {a.get('worker')} ({a.get('host') or '?'}), {a.get('seconds', 0):.2f} s: "
-                    f"{a.get('error_type')}"
+                    f"{a.get('error_type')}: " + (said[0] if lines <= 1 else "")
                 )
-                for ln in (a.get("error_message") or "").strip().splitlines()[-20:]:
-                    lines.append("    " + ln)
+                if lines > 1:
+                    out.extend("    " + ln for ln in said)
         if len(shown) < len(self.failures):
-            lines.append(f"... and {len(self.failures) - len(shown)} more failed fragment(s), not shown")
-        return "\n".join(lines)
+            out.append(f"... and {len(self.failures) - len(shown)} more failed fragment(s), not shown")
+        return "\n".join(out)
 
 
 class IncompleteRunError(QCMBError, RuntimeError):

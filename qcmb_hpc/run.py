@@ -41,7 +41,7 @@ from .plan import Plan, RunSpec, worker_parent
 from .progress import ProgressReporter, ProgressTracker
 from .progress import make_reporter as progress_reporter_for
 from .resources import Layout, ResourceError, detect_node, plan_layout
-from .worker import check_scratch, import_modules, scratch_root
+from .worker import check_scratch, import_modules, remove_scratch, scratch_root
 
 logger = logging.getLogger("qcmb_hpc")
 
@@ -305,6 +305,7 @@ def run_local(
     logger.info("qcmb_hpc: %s, %s", mode.value, layout.describe())
     _warm_qcengine()
     endpoint: Any = None
+    coords: List[Coordinator] = []
     try:
         if mode == ParallelMode.SEQUENTIAL or todo == 0:
             endpoint = InProcessTransport()
@@ -319,6 +320,7 @@ def run_local(
                 _no_child_processes(spec)
                 endpoint = InProcessTransport()
         coord = _coordinator(plan, config, endpoint, spec, journal, restored, tracker, cost)
+        coords.append(coord)
         try:
             with StopSignals(coord):
                 outcome = coord.run()
@@ -332,6 +334,7 @@ def run_local(
             spec.isolate = True  # whatever took the workers down must not take this process down
             endpoint = InProcessTransport()
             coord = _coordinator(plan, config, endpoint, spec, journal, None, tracker, cost, previous=coord.out)
+            coords.append(coord)
             with StopSignals(coord):
                 outcome = coord.run()
         cost.save()  # into config.cost_history, if any (a cache: a failure to write it is a warning)
@@ -340,6 +343,9 @@ def run_local(
             endpoint.close()
         if journal is not None:
             journal.close()
+        if not config.keep_scratch:
+            for c in coords:  # a killed worker could not remove its own
+                remove_scratch(c.out.workers.values())
     info = RunInfo(
         mode="sequential" if isinstance(endpoint, InProcessTransport) else mode.value,
         workers=len(endpoint.workers),

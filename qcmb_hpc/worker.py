@@ -28,7 +28,7 @@ from .plan import RunSpec
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Worker", "import_modules", "scratch_root", "check_scratch"]
+__all__ = ["Worker", "import_modules", "scratch_root", "check_scratch", "remove_scratch"]
 
 #: results are sent at once unless fragments are this short (then batched for up to FLUSH_AGE)
 FAST_FRAGMENT = 1e-3
@@ -67,6 +67,16 @@ def check_scratch(root: str) -> None:
     os.makedirs(root, exist_ok=True)
     probe = tempfile.mkdtemp(prefix="qcmb_hpc-probe-", dir=root)
     os.rmdir(probe)
+
+
+def remove_scratch(workers: Any) -> None:
+    """Remove the scratch directories of these workers (their READY infos) that are on this host:
+    a worker that was killed, or whose child was, could not remove its own."""
+    here = socket.gethostname()
+    for info in workers:
+        path = info.get("scratch")
+        if path and info.get("host") == here and os.path.basename(path).startswith("qcmb_hpc-"):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 class Worker:

@@ -3,6 +3,7 @@ run on the same input in the same test."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
@@ -24,7 +25,11 @@ has_nwchem = shutil.which("nwchem") is not None
 # The command line keeps a per-user cost history in $XDG_CACHE_HOME by default: the tests (and the
 # processes, MPI ranks and Slurm jobs they start, which inherit this) keep theirs in a directory of
 # their own, never in the real user's cache.
-os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="qcmb_hpc-test-cache-")
+# One per test session: a process started by a test (a CLI run, an MPI rank, a Slurm job) that loads
+# this file again keeps the directory it inherited; the process that made it removes it at exit.
+if not os.path.basename(os.environ.get("XDG_CACHE_HOME", "")).startswith("qcmb_hpc-test-cache-"):
+    os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="qcmb_hpc-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], True)
 
 
 def reference(inp):

@@ -245,7 +245,18 @@ def _bad_inputs(tmp_path, trimer):
 
     one = many_body_input(Molecule(symbols=["He", "He"], geometry=[0, 0, 0, 0, 0, 5]))
     write_input(tmp_path / "onefrag.json", one)
-    cases["one fragment"] = ([str(tmp_path / "onefrag.json")], "fragment")
+    cases["one fragment"] = ([str(tmp_path / "onefrag.json")], "needs the molecule cut into fragments")
+    d = json.loads(one.model_dump_json())
+    d["molecule"]["fragments"] = [[0, 1]]
+    d["specification"]["keywords"]["max_nbody"] = 2
+    (tmp_path / "onefrag2.json").write_text(json.dumps(d))
+    cases["one explicit fragment, max_nbody 2"] = ([str(tmp_path / "onefrag2.json")], "the molecule has one fragment")
+    (tmp_path / "water.xyz").write_text("3\nwater\nO 0 0 0\nH 0 0.76 0.59\nH 0 -0.76 0.59\n")
+    cases["an XYZ file"] = ([str(tmp_path / "water.xyz")], "python -m qcmb_hpc init")
+    d = json.loads(many_body_input(trimer).model_dump_json())
+    d["specification"]["keywords"]["bsse_type"] = ["cpp"]
+    (tmp_path / "bsse.json").write_text(json.dumps(d))
+    cases["bad bsse_type"] = ([str(tmp_path / "bsse.json")], "Input should be 'nocp', 'cp' or 'vmfc'")
     good = write_input(tmp_path / "good.json", many_body_input(trimer))
     cases["bad workers"] = ([str(good), "--workers", "-1"], "--workers")
     cases["bad memory"] = ([str(good), "--memory-per-worker", "lots"], "--memory-per-worker")
@@ -283,3 +294,18 @@ def test_bundled_example_without_input(tmp_path):
     inp = ManyBodyInput(**load_input(bundled_example()))
     assert inp.specification.specification["(auto)"].program == "s-dftd3"
     assert_same_result(reference(inp), load_result(out), exact=True, check_shape=False)
+
+
+def test_files_are_made_with_the_users_umask(tmp_path, trimer_input):
+    """Result, report and journal are readable as the umask allows (a group on a cluster), not 0600."""
+    import stat
+
+    inp, path = trimer_input
+    old = os.umask(0o027)
+    try:
+        proc = run_cli([str(path), "--import", "qcmb_hpc.testing.engines", "--no-progress"], cwd=tmp_path)
+    finally:
+        os.umask(old)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("trimer.result.json", "trimer.report.json", "trimer.checkpoint.jsonl"):
+        assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o640, name

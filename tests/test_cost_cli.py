@@ -26,7 +26,9 @@ def input_file(tmp_path):
 
 
 def computed(path):
-    return json.loads(path.read_text())["extras"]["qcmb_hpc"]["computed"]
+    from conftest import load_report
+
+    return load_report(path)["computed"]
 
 
 def test_the_cli_records_and_reuses_a_per_user_history(tmp_path, input_file):

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from conftest import REPO, assert_same_result, reference
+from conftest import REPO, assert_same_result, load_report, reference
 from qcmb_hpc.engine import MPI_ENV_PREFIXES
 from qcmb_hpc.testing.inputs import many_body_input, water_cluster
 
@@ -30,6 +30,24 @@ OPEN_MPI_MPIEXEC = "/usr/bin/mpiexec"
 
 RUN_TIMEOUT = 180  # hard limit of any one mpiexec run (a hang is a failure, not a stuck suite)
 ENDS_WITHIN = 15.0  # a failing rank must end the whole job this soon after it failed (typically < 2 s)
+
+
+@pytest.fixture(autouse=True)
+def remove_what_killed_ranks_leave():
+    """A rank that is killed (as these tests kill them) cannot remove its scratch directory, and
+    MPICH's shared-memory segments of an aborted job stay in /dev/shm: remove what this test's
+    jobs left (``make test`` checks that nothing of ours is left anywhere)."""
+    import glob
+    import shutil
+    import tempfile
+
+    def ours():
+        return set(glob.glob("/dev/shm/mpich_*")) | set(glob.glob(os.path.join(tempfile.gettempdir(), "qcmb_hpc-*-w*-*")))
+
+    before = ours()
+    yield
+    for path in ours() - before:
+        shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.unlink(path)
 
 
 def launcher() -> str:
@@ -132,28 +150,29 @@ def test_worker_rank_killed_by_its_fragment_ends_the_job(tmp_path):
 
 
 def test_coordinator_raising_aborts_the_job(tmp_path):
-    """An exception on rank 0 while the workers work (here: the user's progress reporter)."""
+    """An exception on rank 0 while the workers work (here: injected where the coordinator counts
+    a result; a user's reporter that raises is only logged, it cannot do this)."""
     stamp = tmp_path / "failed_at"
     setup = textwrap.dedent(
         f"""
         from mpi4py import MPI
-        from qcmb_hpc.progress import ProgressReporter
-        class Exploding(ProgressReporter):
-            def on_fragment_completed(self, fragment_label, success):
-                open({str(stamp)!r}, "w").write(repr(time.time()))
-                raise RuntimeError("injected failure in the coordinator's reporter")
+        import qcmb_hpc.coordinator
+        def exploding(self, out):
+            open({str(stamp)!r}, "w").write(repr(time.time()))
+            raise RuntimeError("injected failure in the coordinator")
+        qcmb_hpc.coordinator.Coordinator._count_success = exploding
         """
     )
     script = SCRIPT.format(
         setup=setup,
         input_kw="bsse_type=['cp']",
         config=repr({"mode": "mpi", "imports": ["qcmb_hpc.testing.engines"], "progress_reporting": False}),
-        extra="progress_reporter=Exploding()",
+        extra="",
     )
     proc, _, t_end = run([launcher(), "-n", "3", PYTHON, "-c", script], tmp_path)
     assert stamp.exists(), f"the reporter was never called:\n{proc.stderr}"
     assert_ended_soon(proc, float(stamp.read_text()), t_end, "coordinator raising")
-    assert "rank 0" in proc.stderr and "injected failure in the coordinator's reporter" in proc.stderr, proc.stderr
+    assert "rank 0" in proc.stderr and "injected failure in the coordinator" in proc.stderr, proc.stderr
 
 
 # ------------------------------------------------------------------------------------------------
@@ -213,12 +232,13 @@ def test_cli_under_mpiexec_picks_mpi_and_rank_0_writes_the_one_result(tmp_path):
         tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["water3.checkpoint.jsonl", "water3.json", "water3.result.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["water3.checkpoint.jsonl", "water3.json", "water3.report.json", "water3.result.json"]
     assert proc.stdout.count("qcmb_hpc: result written to") == 1, proc.stdout
     assert proc.stdout.count("Counterpoise Corrected (CP)") == 1, proc.stdout  # the MBE table, once
     with open(tmp_path / "water3.result.json") as fh:
         res = ManyBodyResult(**json.load(fh))
-    assert res.extras["qcmb_hpc"]["mode"] == "mpi" and res.extras["qcmb_hpc"]["workers"] == 1
+    rep = load_report(tmp_path / "water3.result.json")
+    assert rep["mode"] == "mpi" and rep["workers"] == 1
     assert_same_result(reference(inp), res, exact=True, check_shape=False)
 
 

@@ -39,6 +39,29 @@ def nwchem():
 def test_nwchem_trimer(nwchem, name, kw):
     inp = many_body_input(water_cluster(3), program="nwchem", method="scf", basis="sto-3g", **kw)
     ref = reference(inp)
-    res = ParallelManyBodyComputer(inp, parallel_config=quiet(mode="multiprocessing", max_workers=2)).compute()
+    comp = ParallelManyBodyComputer(inp, parallel_config=quiet(mode="multiprocessing", max_workers=2))
+    res = comp.compute()
     assert_same_result(ref, res, atol=1e-10)
-    assert res.extras["qcmb_hpc"]["workers"] == 2
+    assert comp.run_info["workers"] == 2
+
+
+@pytest.mark.nwchem
+def test_nwchem_basis_typo_is_said_once(nwchem, tmp_path):
+    """A basis NWChem does not know: QCEngine calls it an unknown error (retryable), so each
+    fragment is retried — but the first three fail alike, the run stops, and the few lines on
+    stderr quote NWChem's own words and say what to fix (not pages of output per fragment)."""
+    from conftest import load_report, run_cli
+
+    inp = many_body_input(water_cluster(3), program="nwchem", method="scf", basis="cc-pvdzz", bsse_type=["cp", "nocp"])
+    (tmp_path / "typo.json").write_text(inp.model_dump_json())
+    proc = run_cli(["typo.json", "--no-progress"], cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) < 15, proc.stderr
+    err = [ln for ln in lines if ln.startswith("qcmb_hpc: error:")]
+    assert len(err) == 1 and "systematic" in err[0] and "basis set's name" in err[0]
+    assert "non-existing file: /usr/share/nwchem/libraries/cc-pvdzz" in err[0]
+    rep = load_report(tmp_path / "typo.result.json")
+    ran = sum(len(f["attempts"]) for f in rep["failures"])
+    assert len(rep["failures"]) == 3 and ran == 9, ran  # 3 fragments × (1 + max_retries), then the stop
+    assert rep["systematic_failure"]["error_type"] == "unknown_error"

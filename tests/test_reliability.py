@@ -115,8 +115,11 @@ def test_dead_workers_fall_back_to_sequential(trimer, tmp_path, caplog):
     clean = tmp_path / "c"
     clean.mkdir()
     inp = fault_input(trimer, faults, p=1.0, kinds=["kill"])
-    cfg = quiet(report_in_extras=True, mode="multiprocessing", max_workers=2, isolate_fragments=False, max_retries=3)
+    scratch = tmp_path / "scratch"
+    cfg = quiet(report_in_extras=True, mode="multiprocessing", max_workers=2, isolate_fragments=False, max_retries=3,
+                scratch_directory=str(scratch))
     res = ParallelManyBodyComputer(inp, parallel_config=cfg).compute()
+    assert list(scratch.iterdir()) == []  # the killed workers' scratch directories are removed too
     assert_same_result(reference(fault_input(trimer, clean, p=0.0)), res, exact=True)
     rep = res.extras["qcmb_hpc"]
     assert "fell_back_to_sequential" in rep and rep["lost_workers"]

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import tempfile
 
-import numpy as np
 import pytest
 
 import qcmb_hpc.testing.engines  # noqa: F401  (registers qcmb_test, qcmb_sleep, qcmb_fault)
@@ -40,43 +39,18 @@ def reference(inp):
 
 
 def assert_same_result(ref, res, atol=1e-10, exact=False, check_shape=True):
-    """Every property and return_result equal (to atol, or bit for bit with ``exact``). JSON
-    round trips flatten arrays: pass ``check_shape=False`` for results read from files."""
-    a = ref.properties.model_dump()
-    b = res.properties.model_dump()
-    assert set(a) == set(b)
-    checked = 0
-    for key, va in a.items():
-        vb = b[key]
-        assert (va is None) == (vb is None), f"{key}: {va!r} vs {vb!r}"
-        if va is None or isinstance(va, (str, bool)):
-            assert va == vb, key
-            continue
-        if isinstance(va, dict):
-            assert va.keys() == vb.keys(), key
-            for k in va:
-                _close(va[k], vb[k], atol, exact, f"{key}[{k}]", check_shape)
-            checked += 1
-            continue
-        _close(va, vb, atol, exact, key, check_shape)
-        checked += 1
-    assert checked > 0
-    _close(ref.return_result, res.return_result, atol, exact, "return_result", check_shape)
-    assert ref.stdout == res.stdout
+    """Every property, return_result and stdout equal (to atol, or bit for bit with ``exact``), by
+    :class:`qcmb_hpc.ParallelTestSuite`, and the same cluster labels. JSON round trips flatten
+    arrays: pass ``check_shape=False`` for results read from files. (Whole results: test_parity's
+    ``assert_full_parity``.)"""
+    from qcmb_hpc.testing.suite import ParallelTestSuite
+
+    def part(r):
+        return {"properties": r.properties.model_dump(), "return_result": r.return_result, "stdout": r.stdout}
+
+    assert any(v is not None for v in ref.properties.model_dump().values())
+    ParallelTestSuite(exact=exact).assert_parallel_results(part(res), part(ref), tolerance=atol, flat_arrays=not check_shape)
     assert set(ref.cluster_properties) == set(res.cluster_properties)
-
-
-def _close(x, y, atol, exact, what, check_shape=True):
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    if check_shape:
-        assert x.shape == y.shape, f"{what}: shape {x.shape} vs {y.shape}"
-    else:
-        assert x.size == y.size, f"{what}: size {x.size} vs {y.size}"
-        x, y = x.ravel(), y.ravel()
-    if exact:
-        assert np.array_equal(x, y), f"{what} differs: max {np.max(np.abs(x - y))}"
-    else:
-        assert np.allclose(x, y, atol=atol, rtol=0), f"{what} differs: max {np.max(np.abs(x - y))}"
 
 
 @pytest.fixture(scope="session")

@@ -15,11 +15,11 @@ lifts that cap so that workers which never receive a task really run alongside t
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from conftest import assert_same_result, quiet, reference
 from qcmb_hpc import ParallelConfig, ParallelManyBodyComputer
+from qcmb_hpc.testing.suite import ParallelTestSuite
 from qcmb_hpc.testing.inputs import many_body_input, water_cluster
 
 SPECS = {
@@ -91,95 +91,22 @@ def matrix_input(name):
 
 
 def assert_full_parity(ref, res, atol=1e-10, exact=True, flat_arrays=False, report=False):
-    """``res`` is ``ref`` (with ``report=True``: plus ``extras["qcmb_hpc"]``): every field of the model dump (properties,
-    return_result, cluster_properties, cluster_results / component_results, molecule, input_data,
-    stdout, success, provenance, …) compared recursively; numbers and arrays to ``atol`` (and bit
-    for bit with ``exact``). Only measured times (``provenance.wall_time`` of an AtomicResult kept
-    with ``cluster_results="all"``) are not compared. Works for v2 and v1 results, and for dumps (``dict``) read from JSON
-    (``flat_arrays=True``: a JSON round trip flattens arrays, so only sizes are compared)."""
-    a = _dump(ref)
+    """``res`` is ``ref`` (with ``report=True``: plus ``extras["qcmb_hpc"]``), every field, by
+    :class:`qcmb_hpc.ParallelTestSuite` (numbers to ``atol``, and bit for bit with ``exact``;
+    ``flat_arrays`` for dumps read back from JSON)."""
     b = _dump(res)
     if report:
         extras_b = dict(b.get("extras") or {})
         assert "qcmb_hpc" in extras_b, "the run report is missing from extras"
         extras_b.pop("qcmb_hpc")
         b["extras"] = extras_b
-    _walk(a, b, "result", atol, exact, flat_arrays)
-    # and the numbers that matter, named, so a failure there reads clearly
-    _walk(_get(ref, "return_result"), _get(res, "return_result"), "return_result", atol, exact, flat_arrays)
-
-
-#: fields that are measurements of this run, not results: key → the key of the dict holding it
-VOLATILE = {"wall_time": "provenance"}
+    ParallelTestSuite(exact=exact).assert_parallel_results(b, ref, tolerance=atol, flat_arrays=flat_arrays)
 
 
 def _dump(x):
     if isinstance(x, dict):
         return dict(x)
-    if hasattr(x, "model_dump"):
-        return x.model_dump()
-    return x.dict()  # pydantic v1 (schema v1 results)
-
-
-def _get(x, key):
-    return x[key] if isinstance(x, dict) else getattr(x, key)
-
-
-def _as_float_array(v):
-    """``v`` as a float array, or None when it is not a (rectangular, numeric) array."""
-    if not isinstance(v, (list, tuple, np.ndarray)) or len(v) == 0:
-        return None
-    try:
-        return np.asarray(v, dtype=float)
-    except (TypeError, ValueError):
-        return None
-
-
-def _walk(x, y, path, atol, exact, flat_arrays):
-    if isinstance(x, dict):
-        assert isinstance(y, dict), f"{path}: {type(x).__name__} vs {type(y).__name__}"
-        assert set(x) == set(y), f"{path}: keys differ: {sorted(map(str, set(x) ^ set(y)))}"
-        for k in x:
-            if k in VOLATILE and path.endswith(f"[{VOLATILE[k]!r}]"):
-                continue  # a measured time, not a result
-            _walk(x[k], y[k], f"{path}[{k!r}]", atol, exact, flat_arrays)
-        return
-    if x is None or y is None or isinstance(x, (str, bool)) or isinstance(y, (str, bool)):
-        assert x == y, f"{path}: {x!r} vs {y!r}"
-        return
-    if isinstance(x, (int, float, np.number)) and not isinstance(x, bool):
-        assert isinstance(y, (int, float, np.number)) and not isinstance(y, bool), f"{path}: {x!r} vs {y!r}"
-        _close(x, y, path, atol, exact, flat_arrays)
-        return
-    if isinstance(x, (list, tuple, np.ndarray)):
-        ax, ay = _as_float_array(x), _as_float_array(y)
-        if ax is not None or ay is not None:
-            assert ax is not None and ay is not None, f"{path}: {x!r} vs {y!r}"
-            _close(ax, ay, path, atol, exact, flat_arrays)
-            return
-        assert isinstance(y, (list, tuple, np.ndarray)) and len(x) == len(y), f"{path}: {x!r} vs {y!r}"
-        for i, (xi, yi) in enumerate(zip(x, y)):
-            _walk(xi, yi, f"{path}[{i}]", atol, exact, flat_arrays)
-        return
-    if hasattr(x, "model_dump") or hasattr(x, "dict"):
-        _walk(_dump(x), _dump(y), path, atol, exact, flat_arrays)
-        return
-    assert x == y, f"{path}: {x!r} vs {y!r}"
-
-
-def _close(x, y, path, atol, exact, flat_arrays):
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    if flat_arrays:
-        assert x.size == y.size, f"{path}: size {x.size} vs {y.size}"
-        x, y = x.ravel(), y.ravel()
-    else:
-        assert x.shape == y.shape, f"{path}: shape {x.shape} vs {y.shape}"
-    if x.size == 0:
-        return
-    diff = float(np.max(np.abs(x - y)))
-    assert np.allclose(x, y, atol=atol, rtol=0.0, equal_nan=True), f"{path} differs by {diff:.3g} (> {atol})"
-    if exact:
-        assert np.array_equal(x, y, equal_nan=True), f"{path} differs in the last bits ({diff:.3g})"
+    return x.model_dump() if hasattr(x, "model_dump") else x.dict()  # (pydantic v1: schema v1 results)
 
 
 # ------------------------------------------------------------------------------------------------

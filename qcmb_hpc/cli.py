@@ -1,5 +1,9 @@
 """``python -m qcmb_hpc [INPUT] [options]``: run a ManyBodyInput (JSON or YAML, schema v1 or v2).
 
+``python -m qcmb_hpc status PATH`` says how far along a run is (:mod:`qcmb_hpc.status`) and
+``python -m qcmb_hpc report PATH`` draws its report (:mod:`qcmb_hpc.visualize`); see
+:data:`SUBCOMMANDS`.
+
 Exit codes (:data:`EXIT_CODES`):
 
 ====  ====================================================================================
@@ -314,7 +318,10 @@ def _install_signal_handlers() -> Dict[int, Any]:
 #: ``python -m qcmb_hpc NAME ...``: commands other than running an input, each ``module:function``
 #: taking the remaining arguments and returning the exit code (imported only when used). A file
 #: whose name is one of these is run as ``./NAME``.
-SUBCOMMANDS: Dict[str, str] = {}
+SUBCOMMANDS: Dict[str, str] = {
+    "status": "qcmb_hpc.status:main",  # how far along a run is (read-only, safe while it runs)
+    "report": "qcmb_hpc.visualize:main",  # the run report as HTML with pictures
+}
 
 
 def _subcommand(argv: Sequence[str]) -> Optional[int]:

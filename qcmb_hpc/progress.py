@@ -402,7 +402,7 @@ class Heartbeat:
     starts stopping and ends. A heartbeat that cannot be written is a warning, once: the run
     matters more than its status display."""
 
-    def __init__(self, path: str, interval: float = 10.0, info: Optional[Dict[str, Any]] = None, wall: Callable[[], float] = time.time):
+    def __init__(self, path: str, interval: float = 2.0, info: Optional[Dict[str, Any]] = None, wall: Callable[[], float] = time.time):
         self.path = path
         self.interval = interval
         self.info = dict(info or {})

@@ -156,6 +156,7 @@ class ConsoleProgressReporter(ProgressReporter):
         self._last_line = self.t0
         self._last_fraction = 0.0
         self._state: Optional[ProgressState] = None
+        self._state_at = 0.0
         self._said_start = False
         self._bar: Any = None
         self._lock = threading.Lock()
@@ -192,7 +193,7 @@ class ConsoleProgressReporter(ProgressReporter):
         parts = []
         if st is not None and st.running is not None:
             parts.append(f"{st.running} running")
-        parts.append(f"{format_duration(now - self.t0)} elapsed")
+        parts.append(f"{format_duration(self._elapsed(now))} elapsed")
         if st is not None:
             if st.stopping:
                 parts.append(f"stopping ({st.stopping})")
@@ -202,9 +203,14 @@ class ConsoleProgressReporter(ProgressReporter):
                 parts.append("ETA after the first result")
         return ", ".join(parts)
 
+    def _elapsed(self, now: float) -> float:
+        """Seconds since the run started: the tracker's (its clock), else this reporter's own."""
+        st = self._state
+        return st.elapsed + max(0.0, now - self._state_at) if st is not None else now - self.t0
+
     def _status_line(self, now: float) -> str:
         frac = self.done / self.total if self.total else 1.0
-        elapsed = now - self.t0
+        elapsed = self._elapsed(now)
         rate = (self.done - self._restored()) / elapsed if elapsed > 0 else 0.0
         st = self._state
         cost = f"{100 * st.cost_fraction:.0f}% of the estimated cost, " if st is not None and st.cost_total > 0 else ""
@@ -233,8 +239,8 @@ class ConsoleProgressReporter(ProgressReporter):
 
     def on_progress(self, state):
         with self._lock:
-            self._state = state
             now = time.perf_counter()
+            self._state, self._state_at = state, now
             if self.use_bar:
                 self._ensure_bar()
                 if self._bar is not None:
@@ -245,7 +251,8 @@ class ConsoleProgressReporter(ProgressReporter):
                 todo = state.total - state.done
                 self._line(f"qcmb_hpc: {todo} of {state.total} fragments to run; {self._extras(now)}")
                 self._last_line = now
-            elif self._due(now) and self.done < self.total:
+            elif self._due(now) and state.done == self.done < self.total:
+                # (a state that counts a completion not yet announced: its event prints the line)
                 self._last_line = now
                 self._line(self._status_line(now))
 
@@ -569,7 +576,9 @@ class ProgressTracker:
         coord = self._coordinator
         if coord is not None:
             now = self.clock()
-            if now - self._asked >= self.interval:
+            # (asked again at once while it seemed to run nothing: at the start, before any work
+            # was handed out, the count would otherwise stay 0 for a whole interval)
+            if now - self._asked >= self.interval or (not self._heads and done < self.n_total):
                 self._asked = now
                 self._ask(coord, now)
             st.running = len(self._heads) if done < self.n_total else 0

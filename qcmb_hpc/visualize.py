@@ -205,9 +205,13 @@ def _unit(span: float) -> Tuple[float, str]:
 
 
 def _colours(keys: Sequence[Any]) -> Dict[Any, Any]:
+    """One colour per key: an n-body level keeps its colour whichever levels a picture shows
+    (1-body is always the first colour); other keys (model chemistries) go in order."""
     import matplotlib
 
     cmap = matplotlib.colormaps["tab10"]
+    if all(isinstance(k, int) and k > 0 for k in keys):
+        return {k: cmap((k - 1) % 10) for k in keys}
     return {k: cmap(i % 10) for i, k in enumerate(keys)}
 
 

@@ -20,6 +20,11 @@ fragment seconds ÷ their estimated cost). Without it the rate is far too low wh
 fragments run at once: with 16 workers running 16 large fragments that all end together, the first
 of them to end would count as the whole rate — an ETA 16 times too long.
 
+And no run ends before its longest running fragment does: the ETA is at least the largest
+``estimate · seconds_per_cost − age`` of those running (:meth:`CostLedger.longest_left`). This is
+what keeps it honest at the tail, when fewer fragments are left than workers and the rate of the
+whole run no longer applies.
+
 :class:`CostLedger` keeps the sums. Fragments priced alike (the same program, method, driver and
 size: a handful of groups, however many fragments) share a group, so a refit re-prices in
 O(groups) and each completion costs O(1).
@@ -139,13 +144,23 @@ class CostLedger:
         running now."""
         return running_credit(((age, self.price(tid)) for age, tid in running), self.seconds_per_cost())
 
-    def eta(self, elapsed: float, credit: float = 0.0) -> Optional[float]:
+    def longest_left(self, running: Iterable[Tuple[float, int]]) -> float:
+        """The most seconds any of ``running`` (``(age seconds, task id)``) still needs, by its
+        estimate at this run's measured seconds per unit of cost (0 before the first)."""
+        spu = self.seconds_per_cost()
+        if not spu:
+            return 0.0
+        return max((self.price(tid) * spu - age for age, tid in running), default=0.0)
+
+    def eta(self, elapsed: float, credit: float = 0.0, at_least: float = 0.0) -> Optional[float]:
         """The cost-weighted ETA (module docstring) after ``elapsed`` seconds of this run, with
-        the :meth:`credit` of the fragments running now."""
+        the :meth:`credit` of the fragments running now, and no less than ``at_least``
+        (:meth:`longest_left`)."""
         total, rest, sess = self.sums()
         left = total - rest - sess
         credit = min(credit, left)
-        return eta_seconds(sess + credit, left - credit, elapsed)
+        eta = eta_seconds(sess + credit, left - credit, elapsed)
+        return max(eta, at_least) if eta is not None and left > 0 else eta
 
 
 def ledger_for(tasks: Sequence[Any], cost_model: Any = None) -> CostLedger:

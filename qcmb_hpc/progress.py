@@ -497,6 +497,7 @@ class ProgressTracker:
         # when (first seen), the credit for their done part, and the workers alive
         self._heads: Dict[int, Tuple[int, float]] = {}
         self._credit = 0.0
+        self._longest = 0.0  # seconds the longest-running fragment still needs, when asked
         self._workers: Optional[int] = None
         self._asked = -float("inf")
 
@@ -585,7 +586,7 @@ class ProgressTracker:
             st.workers = self._workers
         if self.ledger is not None:
             st.cost_total, st.cost_restored, st.cost_session = self.ledger.sums()
-            st.eta = self.ledger.eta(elapsed, self._credit)
+            st.eta = self.ledger.eta(elapsed, self._credit, self._longest - (self.clock() - self._asked))
         else:  # no costs known: every fragment weighs the same
             st.eta = eta_seconds(done - self.n_restored, self.n_total - done, elapsed)
         return st
@@ -599,7 +600,9 @@ class ProgressTracker:
         self._heads = heads
         self._workers = len(coord.live) or self._workers
         if self.ledger is not None:
-            self._credit = self.ledger.credit((now - since, tid) for tid, since in heads.values())
+            running = [(now - since, tid) for tid, since in heads.values()]
+            self._credit = self.ledger.credit(running)
+            self._longest = self.ledger.longest_left(running)
 
     def _emit(self, force: bool = False, beat: bool = False) -> None:
         """A state to the reporter and the heartbeat (which writes at most once per its own

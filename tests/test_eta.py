@@ -36,6 +36,15 @@ def test_ledger_sums_and_restored_fragments():
     assert led.eta(4.0) == pytest.approx(48.0)
 
 
+def test_no_eta_before_the_longest_running_fragment_can_end():
+    led = CostLedger([10.0, 1.0, 1.0], float)
+    led.mark(1, seconds=2.0)  # 2 s per unit of cost
+    # task 0 (10 units = 20 s) has run 5 s: 15 s at least, whatever the rate says
+    assert led.longest_left([(5.0, 0), (0.5, 2)]) == pytest.approx(15.0)
+    assert led.eta(100.0, credit=0.0, at_least=15.0) == pytest.approx(max(15.0, 11 * 100.0))
+    assert led.eta(1.0, credit=0.0, at_least=15.0) == pytest.approx(15.0)  # 11 s by the rate: too soon
+
+
 def test_ledger_reprices_done_and_left_work_when_the_model_refits():
     prices = {"a": 1.0, "b": 1.0}
     rev = [0]

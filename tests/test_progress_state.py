@@ -91,8 +91,9 @@ def test_state_from_the_start_then_per_completion_and_on_ticks():
     st = rec.states()[-1]
     assert st.done == 2 and st.cost_session == 10.0
     # ETA: left 11 units, less the credit for the other large one (10 s at 1 s/unit: all of its 10)
-    # → 1 unit left at (10 + 10) units per 10 s → 0.5 s
-    assert st.eta == pytest.approx(0.5)
+    # → 1 unit left at (10 + 10) units per 10 s → 0.5 s; but worker 0 has just started a small
+    # fragment (1 unit = 1 s), and no run ends before its longest running fragment does → 1 s
+    assert st.eta == pytest.approx(1.0)
     assert st.cost_fraction == pytest.approx(11.0 / 22.0)
 
 

@@ -9,9 +9,9 @@ sample at fake time ``t``; its error against the run's actual end ``T`` is
 
 * ``count`` — fragments left ÷ fragments done per second (what a plain progress bar shows);
 * ``cost_initial`` — estimated cost left ÷ estimated cost done per second, with the estimates the
-  run started with;
-* ``cost`` — the same with the cost model's current, in-run calibrated estimates (what qcmb_hpc
-  shows).
+  run started with and no credit for the fragments running (the formula at its plainest);
+* ``cost`` — what qcmb_hpc shows (:mod:`qcmb_hpc.eta`): the cost model's current, in-run
+  calibrated estimates, and credit for the done part of the fragments running.
 
 A summary per ETA: ``mean`` (the error averaged over time, from the first completion to the
 end), ``max_after_10`` (the largest error after the first 10 % of the run) and ``settled``
@@ -21,14 +21,14 @@ end), ``max_after_10`` (the largest error after the first 10 % of the run) and `
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..eta import eta_seconds, ledger_for
 from ..progress import ProgressReporter
 
-__all__ = ["skewed_plan", "modelled_seconds", "measure_etas", "summarize_errors"]
+__all__ = ["skewed_plan", "multilevel_plan", "modelled_seconds", "measure_etas", "summarize_errors", "MULTILEVEL_TRUTH"]
 
 
 def skewed_plan(waters: int = 10, max_nbody: int = 3, bsse: str = "nocp", method: str = "hf", basis: str = "cc-pvdz"):
@@ -41,15 +41,34 @@ def skewed_plan(waters: int = 10, max_nbody: int = 3, bsse: str = "nocp", method
     return make_plan(inp)
 
 
-def modelled_seconds(plan: Any, base: float = 2.0, exponent: float = 3.0, noise: float = 0.3, seed: int = 1) -> List[float]:
-    """The "real" time of each task: ``base · (atoms with basis functions / 3)^exponent`` times a
-    seeded lognormal factor — a truth the cost model does not know (its HF exponent is 3.5 on
-    basis functions), so it has something to calibrate."""
+def multilevel_plan(waters: int = 10):
+    """(H2O)``waters`` without counterpoise, 1- and 2-body at MP2, 3-body at HF (cc-pVDZ): two
+    methods whose relative cost the cost model's defaults get wrong until it has measured both."""
+    from ..plan import make_plan
+    from .inputs import many_body_input, water_cluster
+
+    specs = {m: {"program": "qcmb_test", "method": m, "basis": "cc-pvdz"} for m in ("mp2", "hf")}
+    inp = many_body_input(water_cluster(waters), bsse_type=["nocp"], levels={2: "mp2", 3: "hf"}, specifications=specs)
+    return make_plan(inp)
+
+
+#: model chemistry → (base seconds, exponent) of :func:`modelled_seconds` for :func:`multilevel_plan`
+MULTILEVEL_TRUTH = {"mp2": (3.0, 4.0), "hf": (1.0, 3.0)}
+
+
+def modelled_seconds(
+    plan: Any, base: float = 2.0, exponent: float = 3.0, noise: float = 0.3, seed: int = 1,
+    per_mc: Optional[Dict[str, Tuple[float, float]]] = None,
+) -> List[float]:
+    """The "real" time of each task: ``base · (atoms with basis functions / 3)^exponent`` (or the
+    model chemistry's own ``per_mc[mc]``) times a seeded lognormal factor — a truth the cost model
+    does not know (its HF exponent is 3.5 on basis functions), so it has something to calibrate."""
     rng = np.random.default_rng(seed)
     out = []
     for t in plan.tasks:
+        b, e = (per_mc or {}).get(t.mc, (base, exponent))
         n = (t.natoms_real + t.natoms_ghost) / 3.0
-        out.append(base * n**exponent * math.exp(rng.normal(0.0, noise)))
+        out.append(b * n**e * math.exp(rng.normal(0.0, noise)))
     return out
 
 

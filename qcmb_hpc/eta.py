@@ -139,18 +139,24 @@ class CostLedger:
         cost = sum(c * x for c, x in zip(self._timed, self._prices))
         return self._seconds / cost if cost > 0 and self._seconds > 0 else None
 
+    def running_parts(self, running: Iterable[Tuple[float, int]]) -> Dict[int, Tuple[float, float]]:
+        """For each of ``running`` (``(age seconds, task id)``): ``(credit, seconds left)`` —
+        :func:`running_credit` of it, and what it still needs by its estimate at this run's
+        measured seconds per unit of cost (both 0 before the first measurement)."""
+        spu = self.seconds_per_cost()
+        out: Dict[int, Tuple[float, float]] = {}
+        for age, tid in running:
+            est = self.price(tid)
+            out[tid] = (running_credit([(age, est)], spu), max(0.0, est * spu - age) if spu else 0.0)
+        return out
+
     def credit(self, running: Iterable[Tuple[float, int]]) -> float:
-        """:func:`running_credit` of ``running``: ``(age seconds, task id)`` of the fragments
-        running now."""
-        return running_credit(((age, self.price(tid)) for age, tid in running), self.seconds_per_cost())
+        """The total :func:`running_credit` of ``running`` (:meth:`running_parts`)."""
+        return sum(c for c, _ in self.running_parts(running).values())
 
     def longest_left(self, running: Iterable[Tuple[float, int]]) -> float:
-        """The most seconds any of ``running`` (``(age seconds, task id)``) still needs, by its
-        estimate at this run's measured seconds per unit of cost (0 before the first)."""
-        spu = self.seconds_per_cost()
-        if not spu:
-            return 0.0
-        return max((self.price(tid) * spu - age for age, tid in running), default=0.0)
+        """The most seconds any of ``running`` still needs (:meth:`running_parts`)."""
+        return max((left for _, left in self.running_parts(running).values()), default=0.0)
 
     def eta(self, elapsed: float, credit: float = 0.0, at_least: float = 0.0) -> Optional[float]:
         """The cost-weighted ETA (module docstring) after ``elapsed`` seconds of this run, with

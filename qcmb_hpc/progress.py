@@ -496,8 +496,9 @@ class ProgressTracker:
         # asked of the coordinator at most every interval (O(workers)): what each worker runs, since
         # when (first seen), the credit for their done part, and the workers alive
         self._heads: Dict[int, Tuple[int, float]] = {}
-        self._credit = 0.0
-        self._longest = 0.0  # seconds the longest-running fragment still needs, when asked
+        self._parts: Dict[int, Tuple[float, float]] = {}  # running task → (credit, seconds left), when asked
+        self._credit = 0.0  # their sum, less those that completed since
+        self._longest = 0.0  # the most seconds left of any of them
         self._workers: Optional[int] = None
         self._asked = -float("inf")
 
@@ -533,7 +534,11 @@ class ProgressTracker:
         was the level's last."""
         if self.ledger is not None and tid is not None:
             self.ledger.mark(tid, seconds=seconds)
-            self._heads = {w: h for w, h in self._heads.items() if h[0] != tid}
+            part = self._parts.pop(tid, None)
+            if part is not None:  # it was running when last asked: its credit is done work now
+                self._credit -= part[0]
+                if part[1] >= self._longest:
+                    self._longest = max((left for _, left in self._parts.values()), default=0.0)
         if not success:
             self.n_failed += 1
         self.remaining[level] -= 1
@@ -600,9 +605,9 @@ class ProgressTracker:
         self._heads = heads
         self._workers = len(coord.live) or self._workers
         if self.ledger is not None:
-            running = [(now - since, tid) for tid, since in heads.values()]
-            self._credit = self.ledger.credit(running)
-            self._longest = self.ledger.longest_left(running)
+            self._parts = self.ledger.running_parts((now - since, tid) for tid, since in heads.values())
+            self._credit = sum(c for c, _ in self._parts.values())
+            self._longest = max((left for _, left in self._parts.values()), default=0.0)
 
     def _emit(self, force: bool = False, beat: bool = False) -> None:
         """A state to the reporter and the heartbeat (which writes at most once per its own

@@ -261,7 +261,7 @@ def summary_line(rep: Dict[str, Any]) -> str:
     if rho is not None:
         parts.append(f"estimate rank correlation {rho:.2f}")
     if rep.get("steals"):
-        parts.append(f"{rep['steals']} steals")
+        parts.append(f"{rep['steals']} steal{'s' if rep['steals'] != 1 else ''}")
     if rep.get("restarts"):
         parts.append(f"{rep['restarts']} worker restart{'s' if rep['restarts'] != 1 else ''}")
     return "qcmb_hpc: " + ", ".join(parts)

@@ -291,7 +291,8 @@ def format_status(name: str, s: Dict[str, Any]) -> str:
     if s.get("rate"):
         tail.append(f"rate {format_rate(s['rate'])} in this run")
     if s.get("eta") is not None:
-        at = time.strftime("%H:%M" if s["eta"] < 86400 else "%Y-%m-%d %H:%M", time.localtime(s["ends_at"]))
+        fmt = "%H:%M:%S" if s["eta"] < 600 else ("%H:%M" if s["eta"] < 86400 else "%Y-%m-%d %H:%M")
+        at = time.strftime(fmt, time.localtime(s["ends_at"]))
         tail.append(f"ETA {format_duration(s['eta'])} (around {at}; {s['eta_source']})")
     elif s["state"] in RUNNING and done < total:
         tail.append("ETA after the first result of this run")

@@ -382,9 +382,11 @@ def _levels(data: RunData):
     scale, unit = _unit(sum(a.seconds or 0 for a in data.attempts) / max(1, len(levels)))
     bottom = [0.0] * len(levels)
     total = sum(a.seconds or 0.0 for a in data.attempts) or 1.0
+    by_level = _colours(levels)  # one model chemistry: each level in its Gantt colour
     for mc in mcs:
         vals = [sum(a.seconds or 0.0 for a in data.attempts if a.nbody == lv and a.mc == mc) / scale for lv in levels]
-        ax.bar([str(lv) for lv in levels], vals, bottom=bottom, color=col[mc], label=mc if len(mcs) > 1 else None)
+        colour = col[mc] if len(mcs) > 1 else [by_level[lv] for lv in levels]
+        ax.bar([str(lv) for lv in levels], vals, bottom=bottom, color=colour, label=mc if len(mcs) > 1 else None)
         bottom = [b + v for b, v in zip(bottom, vals)]
     for i, lv in enumerate(levels):
         count = sum(1 for a in data.attempts if a.nbody == lv and a.status == "success")

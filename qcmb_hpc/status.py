@@ -34,7 +34,7 @@ import socket
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO
+from typing import Any, Callable, Dict, Optional, Sequence, TextIO
 
 from .checkpoint import JournalError, JournalScanner, heartbeat_path, label_parts, number, read_heartbeat
 from .eta import eta_seconds

@@ -26,7 +26,6 @@ one line. Loading (:func:`load_run`) is separate from drawing (:func:`render`).
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import io

@@ -4,12 +4,11 @@ ETA, in the bar and in the plain lines; what a stop says; the heartbeat's last w
 line says what the efficiency is measured against."""
 
 import io
-import json
 import logging
 
 import pytest
 
-from conftest import cli_env, quiet
+from conftest import quiet
 from qcmb_hpc import ConsoleProgressReporter, ParallelManyBodyComputer, ProgressReporter
 from qcmb_hpc.checkpoint import heartbeat_path, read_heartbeat
 from qcmb_hpc.eta import CostLedger

@@ -15,10 +15,10 @@ import time
 import pytest
 
 from conftest import cli_env, load_report, run_cli
-from qcmb_hpc.plan import make_plan
 from qcmb_hpc.report import ATTEMPT_COLUMNS
 from qcmb_hpc.testing.inputs import many_body_input, water_cluster
 from qcmb_hpc.visualize import FIGURES
+from test_status import finished_run
 
 ENGINES = ["--import", "qcmb_hpc.testing.engines"]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -37,11 +37,7 @@ def run_with_retries(tmp_path_factory):
     faults = d / "faults"
     faults.mkdir()
     kw = {"fault_dir": str(faults), "p": 0.35, "kinds": ["raise", "fail"], "faulty_attempts": 1, "seed": 3}
-    inp = many_body_input(water_cluster(4), program="qcmb_fault", keywords=kw, bsse_type=["cp", "nocp"])
-    (d / "w4.json").write_text(inp.serialize("json"))
-    proc = run_cli([str(d / "w4.json"), *ENGINES, "--no-progress", "--workers", "2"], cwd=d)
-    assert proc.returncode == 0, proc.stderr
-    return d, make_plan(inp)
+    return finished_run(d, many_body_input(water_cluster(4), program="qcmb_fault", keywords=kw, bsse_type=["cp", "nocp"]))
 
 
 def test_report_data_per_attempt(run_with_retries):

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import assert_same_result, cli_env, reference
+from conftest import assert_same_result, cli_env, load_report, reference
 from qcmb_hpc.plan import RunSpec, build_atomic_input, make_plan
 from qcmb_hpc.testing.engines import fragment_key
 from qcmb_hpc.testing.inputs import many_body_input, water_cluster
@@ -102,7 +102,7 @@ def test_sigkill_midway_then_resume(tmp_path, mpi_ranks):
     out, err = proc.communicate(timeout=240)
     assert proc.returncode == 0, err
     res = load(tmp_path / "job.result.json")
-    rep = res.extras["qcmb_hpc"]
+    rep = load_report(tmp_path / "job.result.json")
     counts, plan = executions(rec, inp)
     assert rep["restored"] == len(done_before)
     assert rep["computed"] == len(plan.tasks) - len(done_before)
@@ -145,7 +145,7 @@ def test_signal_stops_flushes_and_resumes(tmp_path, sig, code):
     out, err = proc.communicate(timeout=240)
     assert proc.returncode == 0, err
     res = load(tmp_path / "job.result.json")
-    assert res.extras["qcmb_hpc"]["restored"] == len(done)
+    assert load_report(tmp_path / "job.result.json")["restored"] == len(done)
     counts, _ = executions(rec, inp)
     assert all(c == 1 for c in counts.values()) and len(counts) == len(plan.tasks)
 
@@ -168,7 +168,7 @@ def test_sigterm_to_mpiexec(tmp_path):
     proc = start([str(path)], tmp_path, mpi_ranks=3)
     out, err = proc.communicate(timeout=240)
     assert proc.returncode == 0, err
-    rep = load(tmp_path / "job.result.json").extras["qcmb_hpc"]
+    rep = load_report(tmp_path / "job.result.json")
     assert rep["restored"] == len(done) and rep["computed"] == len(make_plan(inp).tasks) - len(done)
     counts, _ = executions(rec, inp)
     assert all(c == 1 for c in counts.values())
@@ -225,7 +225,7 @@ def test_torn_last_record_is_recomputed(tmp_path):
     ck.write_text(text[: -len(text.splitlines()[-1]) // 2 - 1])  # cut the last record in half
     proc = run_quick([str(a)], tmp_path)
     assert proc.returncode == 0, proc.stderr
-    rep = load(tmp_path / "a.result.json").extras["qcmb_hpc"]
+    rep = load_report(tmp_path / "a.result.json")
     assert rep["restored"] == n - 1 and rep["computed"] == 1
     assert_same_result(reference(inp), load(tmp_path / "a.result.json"), exact=True, check_shape=False)
     assert len(ck.read_text().splitlines()) - 1 == n  # the journal is whole again
@@ -273,7 +273,7 @@ def test_dead_rank_ends_job_promptly_and_resume_completes(tmp_path):
     proc = start([str(path)], tmp_path, mpi_ranks=3)
     out, err = proc.communicate(timeout=240)
     assert proc.returncode == 0, err
-    rep = load(tmp_path / "job.result.json").extras["qcmb_hpc"]
+    rep = load_report(tmp_path / "job.result.json")
     assert rep["restored"] == len(done)
     counts, plan = executions(rec, inp)
     assert all(counts[label] == 1 for label in done)
@@ -330,7 +330,7 @@ def test_killed_worker_process_others_continue(tmp_path):
     out, err = proc.communicate(timeout=240)
     assert proc.returncode == 0, err
     res = load(tmp_path / "job.result.json")
-    rep = res.extras["qcmb_hpc"]
+    rep = load_report(tmp_path / "job.result.json")
     assert len(rep["lost_workers"]) == 1 and "SIGKILL" in rep["lost_workers"][0]
     assert "fell_back_to_sequential" not in rep
     clean = tmp_path / "clean"

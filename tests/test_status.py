@@ -44,15 +44,18 @@ def one_error_line(capsys):
     return lines[0]
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    """A finished command-line run (multiprocessing, 2 workers)."""
-    d = tmp_path_factory.mktemp("finished")
-    inp = many_body_input(water_cluster(4), bsse_type=["nocp"], max_nbody=3)
+def finished_run(d, inp):
+    """Run ``inp`` as ``d/w4.json`` on the command line (multiprocessing, 2 workers) to the end."""
     (d / "w4.json").write_text(inp.serialize("json"))
     proc = run_cli([str(d / "w4.json"), *ENGINES, "--no-progress", "--workers", "2"], cwd=d)
     assert proc.returncode == 0, proc.stderr
     return d, make_plan(inp)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished command-line run."""
+    return finished_run(tmp_path_factory.mktemp("finished"), many_body_input(water_cluster(4), bsse_type=["nocp"], max_nbody=3))
 
 
 def test_finished_job(finished):

@@ -185,7 +185,9 @@ def _yaml(path: str, text: str, hint: str = "not valid YAML") -> Any:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="python -m qcmb_hpc",
-        description="Run a QCManyBody many-body expansion in parallel (one node, or MPI under mpiexec/srun).",
+        description="Run a QCManyBody many-body expansion in parallel (one node, or MPI under mpiexec/srun). "
+        "Also: `python -m qcmb_hpc status PATH` (how far along a run is) and `python -m qcmb_hpc report PATH` "
+        "(its report as HTML with pictures); each takes --help.",
         epilog="Exit codes: " + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items()),
     )
     p.add_argument("input", nargs="?", help="ManyBodyInput as JSON or YAML (v1 or v2); default: the bundled example")

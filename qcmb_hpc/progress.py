@@ -157,6 +157,7 @@ class ConsoleProgressReporter(ProgressReporter):
         self._last_fraction = 0.0
         self._state: Optional[ProgressState] = None
         self._state_at = 0.0
+        self._drawn = 0.0
         self._said_start = False
         self._bar: Any = None
         self._lock = threading.Lock()
@@ -244,7 +245,12 @@ class ConsoleProgressReporter(ProgressReporter):
             if self.use_bar:
                 self._ensure_bar()
                 if self._bar is not None:
-                    self._bar.set_postfix_str(self._extras(now), refresh=True)
+                    # redrawn at most every 0.2 s (a state comes with every completion; the bar's own
+                    # updates redraw it as often as tqdm's mininterval lets them)
+                    redraw = now - self._drawn >= 0.2
+                    self._bar.set_postfix_str(self._extras(now), refresh=redraw)
+                    if redraw:
+                        self._drawn = now
                 return
             if not self._said_start:
                 self._said_start = True

@@ -151,6 +151,22 @@ def test_old_journal_without_the_new_fields(tmp_path):
     assert code == 0 and "2/5 done" in text and "failures not known" in text
 
 
+def test_new_fields_of_the_wrong_type_are_missing_not_damage(tmp_path):
+    """A record whose start, attempt or estimate is not a number still resumes (resuming needs none
+    of them) and still counts for status, which takes those values as unknown."""
+    plan = make_plan(many_body_input(water_cluster(3), bsse_type=["nocp"]))
+    path = tmp_path / "odd.checkpoint.jsonl"
+    Journal.open(str(path), plan.fingerprint, fragments=len(plan.tasks)).close()
+    odd = {**_record(plan.tasks[0].label, 0, "yesterday"), "attempt": True, "estimate_initial": "big", "seconds": None}
+    with open(path, "a") as fh:
+        fh.write(json.dumps(odd) + "\n")
+    j = Journal.open(str(path), plan.fingerprint)
+    assert list(j.restored) == [plan.tasks[0].label]
+    j.close()
+    s = status_json(path)
+    assert s["done"] == 1 and s["retried"] == 0
+
+
 # ------------------------------------------------------------------------------------------------
 # a running job, then killed
 # ------------------------------------------------------------------------------------------------

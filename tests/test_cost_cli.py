@@ -26,7 +26,10 @@ def input_file(tmp_path):
 
 
 def computed(path):
-    return json.loads(path.read_text())["extras"]["qcmb_hpc"]["computed"]
+    """Fragments computed by the run whose result is ``path`` (from its NAME.report.json)."""
+    from conftest import load_report
+
+    return load_report(path)["computed"]
 
 
 def test_the_cli_records_and_reuses_a_per_user_history(tmp_path, input_file):

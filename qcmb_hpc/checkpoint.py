@@ -6,6 +6,18 @@ finished fragment: its label, its properties (floats written with ``repr`` preci
 their shape, so they read back to the last bit), and where and how long it ran. Only the
 coordinator writes; each batch of records is flushed and fsynced before its fragments count.
 
+The header also says who started the journal and what it is for (``pid``, ``host``, ``created``:
+the wall-clock start; ``fragments``; ``levels`` and ``model_chemistries``: fragments and initial
+estimated cost per n-body level and per model chemistry, :func:`plan_totals`). A record also says
+when its attempt started (``started``, wall clock), which attempt of the fragment it was
+(``attempt``, 1 = the first) and the fragment's estimated cost (``estimate``: the scheduler's at
+the time, after any in-run refit; ``estimate_initial``: the run's first). These are what
+``python -m qcmb_hpc status`` and ``report`` need when a job was killed before it could write its
+report. Resuming needs none of them: it reads only ``format``, ``fingerprint``, ``label``,
+``properties`` and ``atomic_result``, so journals written before these fields existed resume as
+they did, and a reader of the other fields (:func:`scan`, :func:`number`) takes a value of the
+wrong type as missing rather than as damage.
+
 Reading tolerates a torn last line (the job was killed mid-write): it is cut off and that fragment
 is recomputed. Any other damage is a :class:`JournalError` naming the line — a line that is not
 JSON, and also a record that is JSON but not a fragment record (:func:`check_record`: ``label`` a
@@ -14,6 +26,18 @@ string, ``properties`` an object whose every value decodes with :func:`decode_pr
 of the wrong shape is damage, not a torn write, wherever it is. Records are checked when the
 journal is read, so a bad one is reported by its line before any work starts, not as a traceback
 when the result is assembled.
+
+Reading for status (:func:`scan`, :class:`JournalScanner`) is read-only and takes no lock: the
+writer only appends whole lines and fsyncs, so a reader sees complete records and, at worst, a
+line being written (a torn tail, not counted until it is whole). One parser
+(:func:`parse_lines`) serves both readers.
+
+The heartbeat (:func:`heartbeat_path`: ``<journal>.heartbeat``) is a small JSON file beside the
+journal that the running coordinator replaces atomically every few seconds (and at the end) with
+its live state: pid, host, when this run started, counts, fragments running, the cost-weighted
+ETA. A sidecar rather than journal records because it is a snapshot, not history: nothing in it
+has to survive, it never grows the journal or costs an fsync, journals stay readable by older
+versions, and a reader sees the old file or the new one, never a part.
 """
 
 from __future__ import annotations
@@ -21,14 +45,33 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
-__all__ = ["Journal", "JournalError", "JournalMismatch", "encode_properties", "decode_properties", "check_record", "write_atomically"]
+__all__ = [
+    "Journal",
+    "JournalError",
+    "JournalMismatch",
+    "encode_properties",
+    "decode_properties",
+    "check_record",
+    "write_atomically",
+    "fragment_record",
+    "plan_totals",
+    "label_parts",
+    "number",
+    "parse_lines",
+    "scan",
+    "JournalScanner",
+    "heartbeat_path",
+    "write_heartbeat",
+    "read_heartbeat",
+]
 
 FORMAT = "qcmb_hpc-journal"
 VERSION = 1
@@ -150,10 +193,12 @@ class Journal:
 
     # ------------------------------------------------------------------------------------------
     @classmethod
-    def open(cls, path: str, fingerprint: str, *, fresh: bool = False, fragments: int = 0) -> "Journal":
+    def open(
+        cls, path: str, fingerprint: str, *, fresh: bool = False, fragments: int = 0, info: Optional[Dict[str, Any]] = None
+    ) -> "Journal":
         """Open ``path`` for this input. An existing journal for the same input is read (its records
         are in ``.restored``); one for another input raises :class:`JournalMismatch` unless ``fresh``,
-        which replaces it."""
+        which replaces it. ``info`` goes into a new journal's header (:func:`plan_totals`)."""
         path = os.path.abspath(path)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         restored: Dict[str, Dict[str, Any]] = {}
@@ -167,7 +212,16 @@ class Journal:
                 with open(path, "r+b") as fh:
                     fh.truncate(good_bytes)
         if fresh or not os.path.exists(path):
-            header = {"format": FORMAT, "version": VERSION, "fingerprint": fingerprint, "created": time.time(), "fragments": fragments}
+            header = {
+                "format": FORMAT,
+                "version": VERSION,
+                "fingerprint": fingerprint,
+                "created": time.time(),
+                "fragments": fragments,
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                **(info or {}),
+            }
             write_atomically(path, json.dumps(header) + "\n")
         fh = open(path, "a")
         return cls(path, fh, restored, torn, lines)
@@ -178,25 +232,10 @@ class Journal:
             data = fh.read()
         if not data.strip():
             return {}, None, False, {}
-        lines = data.split(b"\n")
-        # a file that does not end in a newline has a torn last line
-        complete, tail = lines[:-1], lines[-1]
-        torn = bool(tail.strip())
-        offset = 0
+        parsed, good, torn = parse_lines(data, path)
         records: Dict[str, Dict[str, Any]] = {}
         where: Dict[str, int] = {}
-        good = 0
-        for lineno, raw in enumerate(complete, start=1):
-            line_end = offset + len(raw) + 1
-            try:
-                obj = json.loads(raw)
-                if not isinstance(obj, dict):
-                    raise ValueError("not an object")
-            except ValueError:
-                if lineno == len(complete) and not torn:
-                    torn = True  # killed after the newline of a partial write? treat the last line as torn
-                    break
-                raise JournalError(f"checkpoint {path} is corrupt at line {lineno}: not a JSON record") from None
+        for lineno, obj in parsed:
             if lineno == 1:
                 if obj.get("format") != FORMAT:
                     raise JournalError(f"checkpoint {path} is not a qcmb_hpc journal (line 1)")
@@ -213,8 +252,6 @@ class Journal:
                     raise JournalError(f"checkpoint {path} is corrupt at line {lineno}: {exc}") from None
                 records[obj["label"]] = obj
                 where[obj["label"]] = lineno
-            offset = line_end
-            good = line_end
         if good == 0:  # not even a header
             if torn:
                 return {}, None, True, {}
@@ -240,19 +277,22 @@ class Journal:
             pass
 
 
-def write_atomically(path: str, text: str) -> None:
+def write_atomically(path: str, text: str, durable: bool = True) -> None:
     """Replace ``path`` by ``text`` durably: a uniquely named temporary file in the same directory,
     fsynced, renamed over ``path`` (readers see the old file or the new one, never a part; an
     existing file's permissions are kept, a new file gets those the user's umask gives, as
     ``open`` would), then the directory fsynced. The one way this project writes a whole file:
-    the journal's header, the cost history, the command line's result and report."""
+    the journal's header, the cost history, the command line's result and report, the heartbeat
+    (``durable=False``: still atomic for readers, but no fsync — a snapshot replaced every few
+    seconds need not survive a crash of the machine)."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
         try:  # mkstemp makes 0600: a group on a cluster could not read the result
             mode = os.stat(path).st_mode & 0o7777
         except OSError:
@@ -263,7 +303,8 @@ def write_atomically(path: str, text: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path)
+    if durable:
+        _fsync_dir(path)
 
 
 def _umask() -> int:
@@ -282,3 +323,179 @@ def _fsync_dir(path: str) -> None:
             os.close(fd)
     except OSError:
         pass
+
+
+# ------------------------------------------------------------------------------------------------
+# what a record and the header say besides the numbers
+# ------------------------------------------------------------------------------------------------
+
+
+def fragment_record(
+    label: str,
+    out: Any,
+    attempt: int = 1,
+    estimate: Optional[float] = None,
+    estimate_initial: Optional[float] = None,
+) -> Dict[str, Any]:
+    """The journal record of a successful attempt ``out`` (a FragmentOutcome) of fragment ``label``."""
+    rec: Dict[str, Any] = {
+        "label": label,
+        "properties": encode_properties(out.properties or {}),
+        "seconds": out.seconds,
+        "worker": out.worker,
+        "host": out.host,
+        "started": out.started,
+        "attempt": attempt,
+    }
+    if estimate is not None:
+        rec["estimate"] = estimate
+    if estimate_initial is not None:
+        rec["estimate_initial"] = estimate_initial
+    if out.atomic_result is not None:
+        rec["atomic_result"] = out.atomic_result.model_dump(mode="json")
+    return rec
+
+
+def plan_totals(tasks: Iterable[Any]) -> Dict[str, Any]:
+    """Per n-body level and per model chemistry: ``{"fragments": n, "estimate": initial estimated
+    cost}`` (keys are strings, as JSON has them), and the whole ``estimate``."""
+    levels: Dict[str, Dict[str, float]] = {}
+    mcs: Dict[str, Dict[str, float]] = {}
+    total = 0.0
+    for t in tasks:
+        c = float(t.cost)
+        total += c
+        for table, key in ((levels, str(t.nbody)), (mcs, str(t.mc))):
+            row = table.get(key)
+            if row is None:
+                row = table[key] = {"fragments": 0, "estimate": 0.0}
+            row["fragments"] += 1
+            row["estimate"] += c
+    return {"estimate": total, "levels": levels, "model_chemistries": mcs}
+
+
+def label_parts(label: str) -> Tuple[str, int]:
+    """(model chemistry, n-body level) of a QCManyBody label ``json.dumps([mc, real, basis])``;
+    ``("?", 0)`` for a label that is not one."""
+    try:
+        mc, real, _basis = json.loads(label)
+        return str(mc), len(real)
+    except (ValueError, TypeError):
+        return "?", 0
+
+
+def number(obj: Any, key: str) -> Optional[float]:
+    """``obj[key]`` if it is a finite number (not a boolean), else None: how a reader takes the
+    fields resuming does not need — a value of the wrong type is missing, not damage."""
+    v = obj.get(key) if isinstance(obj, dict) else None
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    v = float(v)
+    return v if v == v and v not in (float("inf"), float("-inf")) else None
+
+
+# ------------------------------------------------------------------------------------------------
+# reading: one parser for resuming and for status
+# ------------------------------------------------------------------------------------------------
+
+
+def parse_lines(data: bytes, path: str, first_lineno: int = 1) -> Tuple[List[Tuple[int, Dict[str, Any]]], int, bool]:
+    """The complete JSON-object lines of ``data`` (a journal, or its part from a line start):
+    ``([(line number, object)], bytes up to the end of the last good line, torn)``. A last piece
+    without its newline is torn; so is a last line that is not JSON (a partial write that got its
+    newline). A line that is not a JSON object anywhere else is a :class:`JournalError`."""
+    lines = data.split(b"\n")
+    complete, tail = lines[:-1], lines[-1]
+    torn = bool(tail.strip())
+    out: List[Tuple[int, Dict[str, Any]]] = []
+    offset = good = 0
+    for k, raw in enumerate(complete):
+        lineno = first_lineno + k
+        line_end = offset + len(raw) + 1
+        try:
+            obj = json.loads(raw)
+            if not isinstance(obj, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            if k == len(complete) - 1 and not torn:
+                torn = True  # killed after the newline of a partial write? treat the last line as torn
+                break
+            raise JournalError(f"checkpoint {path} is corrupt at line {lineno}: not a JSON record") from None
+        out.append((lineno, obj))
+        offset = good = line_end
+    return out, good, torn
+
+
+class JournalScanner:
+    """Reads a journal that another process may be writing: read-only, no locks, from where the
+    last :meth:`update` stopped (a journal replaced or cut back — a ``--fresh`` rerun, a resume
+    cutting a torn line — is read again from the start). ``header`` is line 1; ``records`` the
+    fragment records (properties dropped: only what status and report need is kept)."""
+
+    KEEP = ("label", "seconds", "worker", "host", "started", "attempt", "estimate", "estimate_initial")
+
+    def __init__(self, path: str):
+        self.path = path
+        self._reset()
+
+    def _reset(self) -> None:
+        self.header: Optional[Dict[str, Any]] = None
+        self.records: List[Dict[str, Any]] = []
+        self.torn = False
+        self._offset = 0
+        self._lineno = 1
+        self._ident: Any = None
+
+    def update(self) -> "JournalScanner":
+        """Read what was appended since the last call. Raises OSError (cannot read) and
+        :class:`JournalError` (not a journal, or corrupt before its last line)."""
+        with open(self.path, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if (st.st_dev, st.st_ino) != self._ident or st.st_size < self._offset:
+                self._reset()
+                self._ident = (st.st_dev, st.st_ino)
+            fh.seek(self._offset)
+            data = fh.read()
+        parsed, good, self.torn = parse_lines(data, self.path, self._lineno)
+        for lineno, obj in parsed:
+            if lineno == 1:
+                if obj.get("format") != FORMAT:
+                    raise JournalError(f"{self.path} is not a qcmb_hpc journal (line 1)")
+                self.header = obj
+            elif isinstance(obj.get("label"), str):
+                self.records.append({k: obj[k] for k in self.KEEP if k in obj})
+            else:
+                raise JournalError(f"checkpoint {self.path} is corrupt at line {lineno}: record without label")
+        self._offset += good
+        self._lineno += len(parsed)
+        if self.header is None and not self.torn and self._offset == 0 and data.strip():
+            raise JournalError(f"checkpoint {self.path} is corrupt at line 1: no header")
+        return self
+
+
+def scan(path: str) -> JournalScanner:
+    """The journal at ``path`` as it is now (see :class:`JournalScanner`)."""
+    return JournalScanner(path).update()
+
+
+def heartbeat_path(journal_path: str) -> str:
+    """Where the run writing ``journal_path`` keeps its heartbeat."""
+    return journal_path + ".heartbeat"
+
+
+def write_heartbeat(path: str, doc: Dict[str, Any]) -> None:
+    """Replace the heartbeat (atomically, without fsync: see the module docstring)."""
+    write_atomically(path, json.dumps(doc, separators=(",", ":")), durable=False)
+
+
+def read_heartbeat(path: str) -> Optional[Dict[str, Any]]:
+    """The heartbeat at ``path``, or None if there is none (or it is not one: it is only a hint)."""
+    try:
+        with open(path, "rb") as fh:
+            doc = json.loads(fh.read())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) and doc.get("format") == HEARTBEAT_FORMAT else None
+
+
+HEARTBEAT_FORMAT = "qcmb_hpc-heartbeat"

@@ -1,5 +1,9 @@
 """``python -m qcmb_hpc [INPUT] [options]``: run a ManyBodyInput (JSON or YAML, schema v1 or v2).
 
+``python -m qcmb_hpc status PATH`` says how far along a run is (:mod:`qcmb_hpc.status`) and
+``python -m qcmb_hpc report PATH`` draws its report (:mod:`qcmb_hpc.visualize`); see
+:data:`SUBCOMMANDS`.
+
 Exit codes (:data:`EXIT_CODES`):
 
 ====  ====================================================================================
@@ -196,7 +200,9 @@ def _yaml(path: str, text: str, hint: str = "not valid YAML") -> Any:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="python -m qcmb_hpc",
-        description="Run a QCManyBody many-body expansion in parallel (one node, or MPI under mpiexec/srun).",
+        description="Run a QCManyBody many-body expansion in parallel (one node, or MPI under mpiexec/srun). "
+        "Also: `python -m qcmb_hpc status PATH` (how far along a run is) and `python -m qcmb_hpc report PATH` "
+        "(its report as HTML with pictures); each takes --help.",
         epilog="Exit codes: " + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items()),
     )
     p.add_argument("input", nargs="?", help="ManyBodyInput as JSON or YAML (v1 or v2); default: the bundled example")
@@ -355,7 +361,10 @@ def _install_signal_handlers() -> Dict[int, Any]:
 #: ``python -m qcmb_hpc NAME ...``: commands other than running an input, each ``module:function``
 #: taking the remaining arguments and returning the exit code (imported only when used). A file
 #: whose name is one of these is run as ``./NAME``.
-SUBCOMMANDS: Dict[str, str] = {}
+SUBCOMMANDS: Dict[str, str] = {
+    "status": "qcmb_hpc.status:main",  # how far along a run is (read-only, safe while it runs)
+    "report": "qcmb_hpc.visualize:main",  # the run report as HTML with pictures
+}
 
 
 def _subcommand(argv: Sequence[str]) -> Optional[int]:

@@ -197,7 +197,10 @@ class ParallelManyBodyComputer(ManyBodyComputer):
 
     def _assemble(self, plan: Plan, outcome: Any, atomic: Dict[int, Any], info: Any):
         config: ParallelConfig = self.parallel_config
-        report = run_report(outcome, plan.tasks, info.workers, info.mode, info.wall, initial_costs=info.initial_costs)
+        report = run_report(
+            outcome, plan.tasks, info.workers, info.mode, info.wall, initial_costs=info.initial_costs,
+            specifications=plan.specifications, started=getattr(info, "started", None),
+        )
         if info.fell_back:
             report["fell_back_to_sequential"] = info.fell_back
         if info.layout is not None:

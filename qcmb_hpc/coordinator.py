@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from . import failures
 from . import transport as T
-from .checkpoint import Journal, encode_properties
+from .checkpoint import Journal, fragment_record
 from .config import LoadBalanceStrategy
 from .engine import FragmentOutcome
 from .plan import FragmentTask
@@ -172,8 +172,10 @@ class Coordinator:
 
     def run(self) -> RunOutcome:
         t_start = self.clock()
-        if self.tracker is not None and not self.continuing:
-            self.tracker.start([self.tasks[tid].nbody for tid in self.out.properties])
+        if self.tracker is not None:
+            self.tracker.attach(self)
+            if not self.continuing:
+                self.tracker.start([self.tasks[tid].nbody for tid in self.out.properties], list(self.out.properties))
         self.endpoint.setup(self.spec)
         wait = 0.0
         max_wait = getattr(self.endpoint, "max_wait", 0.05)
@@ -196,6 +198,8 @@ class Coordinator:
                     self._dispatch()
             elif not self.stop_sent and (self._all_idle() or self.clock() >= self.stop_deadline):
                 self._send_stop()
+            if self.tracker is not None:
+                self.tracker.tick()
         if not self.stop_sent:
             self._send_stop()
         self._await_byes()
@@ -267,16 +271,16 @@ class Coordinator:
             self._count_success(out)
 
     def _record(self, out: FragmentOutcome) -> Dict[str, Any]:
-        rec = {
-            "label": self.tasks[out.id].label,
-            "properties": encode_properties(out.properties or {}),
-            "seconds": out.seconds,
-            "worker": out.worker,
-            "host": out.host,
-        }
-        if out.atomic_result is not None:
-            rec["atomic_result"] = out.atomic_result.model_dump(mode="json")
-        return rec
+        task = self.tasks[out.id]
+        initial = getattr(self.cost_model, "initial_estimates", {}).get(out.id)
+        attempt = len(self.out.attempts.get(out.id, ())) + 1
+        return fragment_record(task.label, out, attempt=attempt, estimate=task.cost, estimate_initial=initial)
+
+    def running_fragments(self) -> Dict[int, int]:
+        """Worker → the fragment it is running now (the head of what it was sent), for each live
+        worker holding any."""
+        sent = self.scheduler.sent
+        return {w: q[0] for w in self.live for q in (sent.get(w),) if q}
 
     def _accept(self, wid: int, out: FragmentOutcome) -> bool:
         """Bookkeeping for one attempt; returns whether it is a success to count."""
@@ -319,7 +323,7 @@ class Coordinator:
         self.unresolved.discard(tid)
         logger.debug("fragment %s failed for good after %d attempt(s): %s", task.label, len(attempts), attempts[-1].error_type)
         if self.tracker is not None:
-            self.tracker.completed(task.label, task.nbody, False)
+            self.tracker.completed(task.label, task.nbody, False, tid)
         last = attempts[-1]
         seen = self._note_failure(tid, last)
         if self.out.systematic is None and failures.is_systematic(seen, self._ok_mc[task.mc], self._todo_mc[task.mc]):
@@ -349,7 +353,7 @@ class Coordinator:
             self.out.atomic_results[tid] = out.atomic_result
         self.unresolved.discard(tid)
         if self.tracker is not None:
-            self.tracker.completed(task.label, task.nbody, True)
+            self.tracker.completed(task.label, task.nbody, True, tid, out.seconds)
         self._results_seen += 1
         m = self._mean_seconds
         self._mean_seconds = out.seconds if m is None else 0.9 * m + 0.1 * out.seconds
@@ -438,12 +442,16 @@ class Coordinator:
 
     def _begin_stop(self) -> None:
         self.stop_deadline = self.clock() + self.grace_period
+        again = "Ctrl-C" if self.stop_reason == "SIGINT" else f"{self.stop_reason}"
         if self.grace_period > 0:
             logger.warning(
-                "stop requested (%s): no new fragments; running ones get %.0f s to finish", self.stop_reason, self.grace_period
+                "stop requested (%s): no new fragments; running ones get %.0f s to finish (a second %s stops them at once)",
+                self.stop_reason, self.grace_period, again,
             )
         else:
             logger.warning("stopping (%s): no new fragments; running ones are cut", self.stop_reason)
+        if self.tracker is not None:
+            self.tracker.stopping(self.stop_reason)
         self.scheduler.cancel_steals()
         for w in list(self.live):
             unstarted = list(self.scheduler.sent.get(w, ()))[1:]

@@ -419,6 +419,8 @@ class CostModel:
         self._nbf_1 = {b: [0.0] + v for b, v in self._frag_nbf.items()}
         #: (key, size) → the estimate last handed out for fragments of that group (see reestimate)
         self._issued: Dict[Tuple[Key, float], float] = {}
+        #: changes whenever a fit does (readers of :meth:`group_estimate` re-price on a change)
+        self.revision = 0
         if history:
             self.load(history)
 
@@ -439,6 +441,14 @@ class CostModel:
 
     def estimate(self, mc: str, real: Sequence[int], basis_frags: Sequence[int]) -> float:
         return self.fit_for(self.keys[mc])(self.size(mc, real, basis_frags))
+
+    def group(self, task: Any) -> Tuple[Key, float]:
+        """The pricing group of a FragmentTask: fragments of one group always get one estimate."""
+        return (self.keys[task.mc], self.size(task.mc, task.real, task.basis))
+
+    def group_estimate(self, group: Tuple[Key, float]) -> float:
+        """The current estimate of the fragments of ``group`` (after any refit)."""
+        return self.fit_for(group[0])(group[1])
 
     def estimate_tasks(self, tasks: Iterable[Any]) -> Dict[int, float]:
         """Estimates for FragmentTasks (also stored on them; the first one of each task is kept in
@@ -520,6 +530,8 @@ class CostModel:
             if fit is not None:
                 self.fits[key] = fit
                 changed = True
+        if changed:
+            self.revision += 1
         return changed
 
     def _fit(self, key: Key) -> Optional[Fit]:

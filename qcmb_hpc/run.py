@@ -32,14 +32,15 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
-from .checkpoint import Journal, JournalError, decode_properties
+from .checkpoint import Journal, JournalError, decode_properties, plan_totals
 from .config import ParallelConfig, ParallelMode
 from .coordinator import Coordinator, RunOutcome, WorkerLostError
 from .cost import CostModel
 from .errors import InputDataError, ParallelExecutionError, QCMBError
 from .plan import Plan, RunSpec, worker_parent
-from .progress import ProgressReporter, ProgressTracker
+from .progress import ProgressReporter, run_tracker
 from .progress import make_reporter as progress_reporter_for
+from .report import without_attempts
 from .resources import Layout, ResourceError, detect_node, plan_layout
 from .worker import check_scratch, import_modules, remove_scratch, scratch_root
 
@@ -58,6 +59,7 @@ class RunInfo:
     wall: float
     fell_back: Optional[str] = None  #: why the run continued sequentially, if it did
     initial_costs: Optional[Dict[int, float]] = None  #: task id → estimate when the run started
+    started: Optional[float] = None  #: wall clock (epoch seconds) when the run started
 
 
 # ------------------------------------------------------------------------------------------------
@@ -120,7 +122,9 @@ def open_journal(config: ParallelConfig, plan: Plan, fresh: bool = False) -> Tup
     if not config.checkpoint:
         return None, {}, {}
     try:
-        journal = Journal.open(config.checkpoint, plan.fingerprint, fresh=fresh, fragments=len(plan.tasks))
+        journal = Journal.open(
+            config.checkpoint, plan.fingerprint, fresh=fresh, fragments=len(plan.tasks), info=plan_totals(plan.tasks)
+        )
     except JournalError as exc:
         raise InputDataError(str(exc)) from None
     except OSError as exc:
@@ -296,12 +300,12 @@ def run_local(
     from .transport.inprocess import InProcessTransport
     from .transport.processes import ProcessTransport, TransportStartError
 
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), time.time()
     cost, journal, restored, atomic = prepare(plan, config, fresh)
     todo = len(plan.tasks) - len(restored)
     layout = _local_layout(config, mode, todo)
     spec = make_spec(plan, config, layout)
-    tracker = ProgressTracker(reporter, [t.nbody for t in plan.tasks])
+    tracker = run_tracker(reporter, plan.tasks, cost, journal.path if journal else None, mode=mode.value)
     logger.info("qcmb_hpc: %s, %s", mode.value, layout.describe())
     _warm_qcengine()
     endpoint: Any = None
@@ -339,6 +343,7 @@ def run_local(
                 outcome = coord.run()
         cost.save()  # into config.cost_history, if any (a cache: a failure to write it is a warning)
     finally:
+        tracker.close()
         if endpoint is not None:
             endpoint.close()
         if journal is not None:
@@ -353,6 +358,7 @@ def run_local(
         wall=time.perf_counter() - t0,
         fell_back=fell_back,
         initial_costs=cost.initial_estimates,
+        started=started,
     )
     return outcome, atomic, info
 
@@ -470,7 +476,7 @@ def _run_mpi(comm: Any, computer: Any, config: ParallelConfig, reporter: Optiona
 
     n_workers = min(size - 1, config.max_workers or size - 1)  # rank 0 decides, and tells the others
     workers_here = workers_on_node(node_ranks, n_workers)
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), time.time()
     try:
         plan = computer._plan()
         cost, journal, restored, atomic = prepare(plan, config, fresh)
@@ -491,16 +497,18 @@ def _run_mpi(comm: Any, computer: Any, config: ParallelConfig, reporter: Optiona
     told = False  # whether the other ranks have been told (then they raise the same error)
     try:
         endpoint = MpiCoordinatorEndpoint(comm, n_workers)
-        tracker = ProgressTracker(reporter, [t.nbody for t in plan.tasks])
+        tracker = run_tracker(reporter, plan.tasks, cost, journal.path if journal else None, mode="mpi")
         coord = _coordinator(plan, config, endpoint, spec, journal, restored, tracker, cost)
         with StopSignals(coord):
             outcome = coord.run()
+        tracker.close()
         endpoint.close()
         if journal is not None:
             journal.close()
         cost.save()  # into config.cost_history, if any (a cache: a failure to write it is a warning)
         info = RunInfo(
-            mode="mpi", workers=n_workers, layout=layout, wall=time.perf_counter() - t0, initial_costs=cost.initial_estimates
+            mode="mpi", workers=n_workers, layout=layout, wall=time.perf_counter() - t0, initial_costs=cost.initial_estimates,
+            started=started,
         )
         try:
             result = computer._assemble(plan, outcome, atomic, info)
@@ -515,7 +523,8 @@ def _run_mpi(comm: Any, computer: Any, config: ParallelConfig, reporter: Optiona
     except BaseException as exc:
         _abort(comm, "coordinator", exc)
         raise
-    _tell(comm, ("RESULT", (result if broadcast_result else None, computer.run_info)), "sending the result")
+    # (the per-attempt table stays on rank 0: ~100 bytes a fragment, on every rank of a big job)
+    _tell(comm, ("RESULT", (result if broadcast_result else None, without_attempts(computer.run_info))), "sending the result")
     return result
 
 

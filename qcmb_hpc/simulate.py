@@ -28,6 +28,12 @@ What is modelled, and how:
 
 Not modelled: failures, CPU contention between workers, the size of messages.
 
+``simulate(..., tasks=, cost_model=, reporter=)`` runs real :class:`~qcmb_hpc.plan.FragmentTask`
+objects (their ``cost`` the estimates) with a real :class:`~qcmb_hpc.cost.CostModel`, which then
+observes the modelled times and refits during the run as it does in a real one, and reports
+progress through the real :class:`~qcmb_hpc.progress.ProgressTracker` on the fake clock: this is
+how the cost-weighted ETA is measured over whole runs (``benchmarks/bench_eta.py``).
+
 Making it fast enough for ~680k tasks on 64k workers (about a minute) took, besides the event
 queues here, making the coordinator and scheduler O(changes) per event: an ordered idle pool
 (taking the first key of a plain dict after many deletions scans the deleted slots), goodbyes
@@ -470,14 +476,25 @@ def simulate(
     max_wait: float = 1e-3,
     responsive: bool = True,
     nbody: Optional[Sequence[int]] = None,
+    tasks: Optional[Sequence[Any]] = None,
+    cost_model: Any = None,
+    reporter: Any = None,
+    progress_interval: float = 0.5,
 ) -> SimResult:
     """Run the real coordinator over ``workers`` modelled workers.
 
     ``estimates`` are what the scheduler sees; the tasks really take ``actual`` (default: the
     estimates times a seeded lognormal ``noise``) plus ``task_overhead``. See the module docstring
     for the other parameters; the coordinator-cost defaults are of the order measured for the
-    MPI coordinator (``benchmarks/bench_throughput.py``)."""
+    MPI coordinator (``benchmarks/bench_throughput.py``).
+
+    ``tasks``: objects with ``id`` (0..n-1), ``cost``, ``nbody``, ``mc``, ``real``, ``basis``,
+    ``label`` (FragmentTasks) to run instead of tasks made from ``estimates`` (pass their costs as
+    ``estimates``); ``cost_model`` observes and refits as in a real run; ``reporter`` gets the
+    progress events (tracker interval ``progress_interval`` fake seconds)."""
     from .coordinator import Coordinator
+    from .eta import ledger_for
+    from .progress import ProgressTracker
 
     t_wall = time.perf_counter()
     n = len(estimates)
@@ -486,8 +503,16 @@ def simulate(
     if len(actual) != n:
         raise ValueError("actual and estimates differ in length")
     strategy = LoadBalanceStrategy(strategy) if not isinstance(strategy, LoadBalanceStrategy) else strategy
-    tasks = [SimTask(i, float(estimates[i]), nbody[i] if nbody is not None else 1) for i in range(n)]
+    if tasks is None:
+        tasks = [SimTask(i, float(estimates[i]), nbody[i] if nbody is not None else 1) for i in range(n)]
+    elif len(tasks) != n:
+        raise ValueError("tasks and estimates differ in length")
     clock = SimClock()
+    tracker = None
+    if reporter is not None:
+        tracker = ProgressTracker(
+            reporter, [t.nbody for t in tasks], clock=clock, ledger=ledger_for(tasks, cost_model), interval=progress_interval
+        )
     tr = SimTransport(
         actual,
         workers,
@@ -514,6 +539,8 @@ def simulate(
         retry_failed=False,
         clock=clock,
         start_timeout=max(600.0, 10 * startup),
+        cost_model=cost_model,
+        tracker=tracker,
     )
     del tasks
     # the run allocates millions of small objects and frees few: the cyclic collector would walk

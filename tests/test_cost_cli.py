@@ -26,6 +26,7 @@ def input_file(tmp_path):
 
 
 def computed(path):
+    """Fragments computed by the run whose result is ``path`` (from its NAME.report.json)."""
     from conftest import load_report
 
     return load_report(path)["computed"]

@@ -232,7 +232,8 @@ def test_cli_under_mpiexec_picks_mpi_and_rank_0_writes_the_one_result(tmp_path):
         tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["water3.checkpoint.jsonl", "water3.json", "water3.report.json", "water3.result.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "water3.checkpoint.jsonl", "water3.checkpoint.jsonl.heartbeat", "water3.json", "water3.report.json", "water3.result.json"]
     assert proc.stdout.count("qcmb_hpc: result written to") == 1, proc.stdout
     assert proc.stdout.count("Counterpoise Corrected (CP)") == 1, proc.stdout  # the MBE table, once
     with open(tmp_path / "water3.result.json") as fh:

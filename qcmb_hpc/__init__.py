@@ -5,6 +5,9 @@ from .computer import ParallelManyBodyComputer
 from .config import LoadBalanceStrategy, ParallelConfig, ParallelMode
 from .errors import FragmentExecutionError, IncompleteRunError, InputDataError, ParallelExecutionError
 from .progress import ConsoleProgressReporter, FileProgressReporter, ProgressReporter
+from .engines import install as _install_engines
+
+_install_engines()  # the `pyscf` QCEngine harness, in every process that imports qcmb_hpc
 
 __version__ = "0.1.0"
 

@@ -314,7 +314,7 @@ def _install_signal_handlers() -> Dict[int, Any]:
 #: ``python -m qcmb_hpc NAME ...``: commands other than running an input, each ``module:function``
 #: taking the remaining arguments and returning the exit code (imported only when used). A file
 #: whose name is one of these is run as ``./NAME``.
-SUBCOMMANDS: Dict[str, str] = {}
+SUBCOMMANDS: Dict[str, str] = {"init": "qcmb_hpc.init_input:main"}
 
 
 def _subcommand(argv: Sequence[str]) -> Optional[int]:

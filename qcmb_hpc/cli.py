@@ -77,10 +77,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def bundled_example() -> str:
-    """Path of the example run when no INPUT is given (s-dftd3: installed by pip alone)."""
+    """Path of the example run when no INPUT is given: the (H2O)6 ring (a published structure),
+    DF-MP2/cc-pVDZ with PySCF (installed by pip alone), CP and NoCP through 3-body."""
     from importlib import resources
 
-    return str(resources.files("qcmb_hpc.examples").joinpath("water6_dftd3.json"))
+    return str(resources.files("qcmb_hpc.examples").joinpath("water6_pyscf.json"))
 
 
 def default_output(input_path: str) -> str:

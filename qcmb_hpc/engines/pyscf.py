@@ -56,6 +56,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import io
+import logging
 import os
 import shutil
 import tempfile
@@ -70,6 +71,8 @@ from qcengine.exceptions import ConvergenceError, InputError
 from qcengine.programs.model import ProgramHarness
 
 __all__ = ["PySCFHarness", "KEYWORDS", "MB_PER_GIB"]
+
+logger = logging.getLogger("qcmb_hpc")
 
 MB_PER_GIB = 2**30 / 1e6  # PySCF's max_memory is in MB of 10^6 bytes (it compares it with RSS / 1e6)
 
@@ -291,6 +294,32 @@ class _DIISScipy:
         return getattr(self._scipy, name)
 
 
+#: the process in which PySCF's OpenMP (its own GNU libgomp) ran a team of more than one thread
+_OPENMP_POOL_PID: Optional[int] = None
+_WARNED_FORK = False
+
+
+def usable_threads(ncores: int) -> int:
+    """``ncores``, or 1 in a process forked from one whose PySCF already ran threaded: libgomp's
+    thread pool does not survive ``fork`` and the child's next parallel region with more than one
+    thread waits forever for threads that are not there (measured: PySCF 2.14, a bare
+    ``os.fork``). qcmb_hpc's workers fork from a coordinator that never runs PySCF, so this only
+    bites a process that ran PySCF itself before forking (a notebook, a test comparing with
+    upstream); its children then compute on one thread, with a warning, instead of hanging."""
+    global _OPENMP_POOL_PID, _WARNED_FORK
+    if ncores > 1 and _OPENMP_POOL_PID not in (None, os.getpid()):
+        if not _WARNED_FORK:
+            _WARNED_FORK = True
+            logger.warning(
+                "pyscf: this process was forked from one whose PySCF ran threaded (pid %d); "
+                "computing on 1 thread instead of %d (GNU OpenMP does not survive fork)", _OPENMP_POOL_PID, ncores,
+            )
+        return 1
+    if ncores > 1 and _OPENMP_POOL_PID is None:
+        _OPENMP_POOL_PID = os.getpid()
+    return ncores
+
+
 @contextlib.contextmanager
 def pyscf_context(config: TaskConfig) -> Iterator[str]:
     """PySCF's threads, BLAS threads and temporary-file directory for one calculation, and the
@@ -300,7 +329,7 @@ def pyscf_context(config: TaskConfig) -> Iterator[str]:
     from pyscf import lib
     from pyscf.lib import diis
 
-    ncores = max(1, int(config.ncores or 1))
+    ncores = usable_threads(max(1, int(config.ncores or 1)))
     parent = config.scratch_directory or None
     if parent:
         os.makedirs(parent, exist_ok=True)

@@ -8,7 +8,7 @@ One ``mpiexec -n 3`` world (rank 0 coordinates, 2 worker ranks; 2 cores), in the
   dynamic, fragments isolated in a child process per worker, NWChem started with the MPI
   launcher's variables removed).
 
-The input: the 6 waters of ``examples/water6_nwchem.json`` (``water_cluster(6)``), SCF/STO-3G,
+The input: the published (H2O)6 ring of ``examples/water6_nwchem.json`` (``examples/water6.xyz``), SCF/STO-3G,
 NoCP through *3-body*: 41 fragments (``--input FILE.json`` runs a ManyBodyInput file instead, e.g.
 the example itself, NoCP through 2-body: 21 fragments). A Debian NWChem fragment here costs
 ~0.75 s, most of it NWChem starting (an Open MPI singleton and its ``orted``), so fragments are
@@ -41,10 +41,10 @@ RANKS = 3
 
 
 def default_input():
-    from qcmb_hpc.testing.inputs import many_body_input
+    from qcmb_hpc.testing.inputs import many_body_input, published_water_cluster
 
     return many_body_input(
-        common.water(6), program="nwchem", method="scf", basis="sto-3g", bsse_type=["nocp"], max_nbody=3,
+        published_water_cluster(6), program="nwchem", method="scf", basis="sto-3g", bsse_type=["nocp"], max_nbody=3,
         return_total_data=True,
     )
 
@@ -124,7 +124,7 @@ def _child(comm, a: argparse.Namespace) -> None:
         common.write_json(
             NAME,
             {
-                "input": os.path.relpath(a.input, common.REPO) if a.input else "water_cluster(6), NWChem SCF/STO-3G, NoCP through 3-body",
+                "input": os.path.relpath(a.input, common.REPO) if a.input else "(H2O)6 ring (examples/water6.xyz), NWChem SCF/STO-3G, NoCP through 3-body",
                 "fragments": rep["fragments"],
                 "workers": rep["workers"],
                 "sequential_seconds": seq,

@@ -64,25 +64,6 @@ def timed(fn):
     return value, wall, (_cpu() - c0) / (wall * (os.cpu_count() or 1))
 
 
-def max_difference(ref, res) -> float:
-    import numpy as np
-
-    worst = float(np.max(np.abs(np.asarray(ref.return_result, dtype=float) - np.asarray(res.return_result, dtype=float))))
-    a, b = ref.properties.model_dump(), res.properties.model_dump()
-    for k, v in a.items():
-        w = b.get(k)
-        if isinstance(v, dict) and isinstance(w, dict):
-            pairs = [(v[kk], w.get(kk)) for kk in v]
-        else:
-            pairs = [(v, w)]
-        for x, y in pairs:
-            if isinstance(x, (int, float)) and not isinstance(x, bool) and isinstance(y, (int, float)):
-                worst = max(worst, abs(x - y))
-            elif hasattr(x, "shape") and y is not None:
-                worst = max(worst, float(np.max(np.abs(np.asarray(x) - np.asarray(y)))))
-    return worst
-
-
 def run(a: argparse.Namespace) -> dict:
     import qcengine
     from qcmanybody.v2 import ManyBodyComputer
@@ -134,7 +115,7 @@ def run(a: argparse.Namespace) -> dict:
 
         with open(os.path.join(work, "out.result.json")) as fh:
             cli_res = ManyBodyResult(**json.load(fh))
-        worst = max(worst, max_difference(ref, res), max_difference(ref, cli_res))
+        worst = max(worst, common.max_difference(ref, res), common.max_difference(ref, cli_res))
         print(f"[{i + 1}/{a.repeat}] load {load[-1]:.2f}: sequential {times['sequential'][-1]:.1f} s, "
               f"API {times['api'][-1]:.1f} s, CLI {times['cli'][-1]:.1f} s", flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -176,8 +157,7 @@ def report() -> dict:
     print(f"load average (1 min) at each repeat: {', '.join(f'{x:.2f}' for x in d['loadavg_1min_at_each_repeat'])}")
     print(f"largest difference in any property {d['max_abs_difference']:.1e}; estimate rank correlation "
           f"(cold) {d['estimate_rank_correlation_cold_cli']}")
-    for k, v in d["targets"].items():
-        print(f"target {k}: {common.verdict(v)}")
+    common.print_targets(d)
     return d
 
 

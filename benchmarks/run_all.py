@@ -1,15 +1,17 @@
 """Run every benchmark (``make bench``): each prints its table and writes JSON under benchmarks/results/.
 
-    python benchmarks/run_all.py                      # all four, in this order
-    python benchmarks/run_all.py --only throughput    # one (scheduling, throughput, nwchem, simulation, eta)
+    python benchmarks/run_all.py                      # all six, in this order
+    python benchmarks/run_all.py --only throughput    # one (scheduling, throughput, nwchem, pyscf, simulation, eta)
 
 1. ``bench_scheduling.py`` — makespan / LB per strategy vs MPIPoolExecutor.map and round-robin,
    4, 8, 16 workers (MPI, ``qcmb_sleep``)                                        ~3–4 min
 2. ``bench_throughput.py`` — no-op fragments/s with 3 workers vs MPIPoolExecutor; idle CPU  ~1 min
 3. ``bench_nwchem.py`` — NWChem, 2 workers vs sequential QCManyBody                ~2 min
-4. ``bench_simulation.py`` — predictions at 1k/16k/64k workers, and beside the runs of 1.
+4. ``bench_pyscf.py`` — PySCF (H2O)6 DF-MP2/cc-pVDZ, 2 workers (CLI cold, API warm) vs
+   sequential QCManyBody, 3 repeats                                               ~10 min
+5. ``bench_simulation.py`` — predictions at 1k/16k/64k workers, and beside the runs of 1.
    (pure Python, one core)                                                       ~5–10 min
-5. ``bench_eta.py`` — the cost-weighted ETA against a count-based one over simulated runs
+6. ``bench_eta.py`` — the cost-weighted ETA against a count-based one over simulated runs
    (fake clock: no machine timing)                                               ~10 s
 
 The timing benchmarks want a quiet machine: on a shared one the numbers move with the load.
@@ -28,9 +30,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
 
-ORDER = ["scheduling", "throughput", "nwchem", "simulation", "eta"]
+ORDER = ["scheduling", "throughput", "nwchem", "pyscf", "simulation", "eta"]
 #: seconds each may take before it is killed (the MPI ones also time out each mpiexec world)
-TIMEOUTS = {"scheduling": 1500, "throughput": 700, "nwchem": 700, "simulation": 2400, "eta": 300}
+TIMEOUTS = {"scheduling": 1500, "throughput": 700, "nwchem": 700, "pyscf": 1500, "simulation": 2400, "eta": 300}
 
 
 def main(argv=None) -> int:

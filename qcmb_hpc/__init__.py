@@ -2,14 +2,15 @@
 MPI ranks under Slurm — with exactly QCManyBody's result."""
 
 from .computer import ParallelManyBodyComputer
-from .dropin import parallelize, register_qcengine_procedure
+from .dropin import parallelize
 from .config import LoadBalanceStrategy, ParallelConfig, ParallelMode
 from .errors import FragmentExecutionError, IncompleteRunError, InputDataError, ParallelExecutionError
 from .progress import ConsoleProgressReporter, FileProgressReporter, ProgressReporter
+from .engines import install as _install_engines
+
+_install_engines()  # the `pyscf` harness and the `qcmb_hpc` procedure, in every process that imports qcmb_hpc
 
 __version__ = "0.1.0"
-
-register_qcengine_procedure()  # qcengine.compute(many_body_input, "qcmb_hpc", task_config=...)
 
 __all__ = [
     "ParallelManyBodyComputer",

@@ -81,10 +81,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def bundled_example() -> str:
-    """Path of the example run when no INPUT is given (s-dftd3: installed by pip alone)."""
+    """Path of the example run when no INPUT is given: the (H2O)6 ring (a published structure),
+    DF-MP2/cc-pVDZ with PySCF (installed by pip alone), CP and NoCP through 3-body."""
     from importlib import resources
 
-    return str(resources.files("qcmb_hpc.examples").joinpath("water6_dftd3.json"))
+    return str(resources.files("qcmb_hpc.examples").joinpath("water6_pyscf.json"))
 
 
 def default_output(input_path: str) -> str:
@@ -362,6 +363,7 @@ def _install_signal_handlers() -> Dict[int, Any]:
 #: taking the remaining arguments and returning the exit code (imported only when used). A file
 #: whose name is one of these is run as ``./NAME``.
 SUBCOMMANDS: Dict[str, str] = {
+    "init": "qcmb_hpc.init_input:main",  # a ManyBodyInput from an XYZ file
     "status": "qcmb_hpc.status:main",  # how far along a run is (read-only, safe while it runs)
     "report": "qcmb_hpc.visualize:main",  # the run report as HTML with pictures
 }

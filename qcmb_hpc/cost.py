@@ -8,7 +8,7 @@ Before anything runs, a fragment's cost is estimated as
   atoms (a counterpoise fragment costs as much as its full basis), counted with the Basis Set
   Exchange when it knows the basis, else with a per-element table scaled by the basis' zeta level;
   for methods without a basis (dispersion, force fields, semi-empirical) the number of real atoms.
-* ``b`` — the method's scaling exponent (:data:`METHOD_EXPONENTS`: HF/DFT 3.5, MP2 5, CCSD 6,
+* ``b`` — the method's scaling exponent (:data:`METHOD_EXPONENTS`: HF/DFT 3.5 (any functional, PySCF's names too), MP2 and double hybrids 5, CCSD 6,
   CCSD(T) 7, dispersion/semi-empirical 2, anything else :data:`DEFAULT_EXPONENT`; dispersion and
   semi-empirical *programs*, :data:`PROGRAM_EXPONENTS`, 2 whatever the method is called).
 * ``driver_factor`` — energy 1, gradient 2, Hessian 8.
@@ -98,7 +98,9 @@ METHOD_EXPONENTS: List[Tuple[str, float]] = [
     (r"mp3", 6.0),
     (r"^mp2d", 2.0),  # the MP2D dispersion correction, not MP2
     (r"mp2|ri-mp2|dlpno|lmp2|scs", 5.0),
-    (r"^hf|^scf|^rhf|^uhf|^rohf|b3lyp|pbe|blyp|tpss|m06|wb97|b97|svwn|lda|bp86|r2scan|scan|cam|^dft", 3.5),
+    (r"b2plyp|b2gpplyp|dsd-|pwpb95|xyg3", 5.0),  # double hybrids: DFT plus an MP2-like term
+    # DFT as PySCF (libxc) names it too: any functional, or "x,c" pairs such as "b88,lyp"
+    (r"^hf|^scf|^rhf|^uhf|^rohf|b3lyp|pbe|blyp|lyp|tpss|m06|m11|mn1\d|wb97|b97|svwn|vwn|lda|bp86|b88|pw91|hse|hcth|r2scan|scan|cam|^dft", 3.5),
     (r"^d3|^d4|dftd|disp|gcp|^xtb|gfn|^pm\d|^am1|^mndo|^rm1|uff|mmff|^ani|^mace|^orb|aimnet", 2.0),
 ]
 

@@ -1,13 +1,26 @@
-"""Inputs for tests, benchmarks and the bundled examples: water clusters and ManyBodyInputs."""
+"""Inputs for tests, benchmarks and the bundled examples: water clusters and ManyBodyInputs.
+
+* :func:`published_water_cluster` — real structures from the literature (``examples/water3.xyz``,
+  the cyclic trimer; ``examples/water6.xyz``, the ring hexamer; the source is the files' comment
+  line): for anything that claims to be chemistry.
+* :func:`water_cluster` — *synthetic* test inputs: rigid waters on a grid, randomly turned. Their
+  contacts are not hydrogen bonds (H···H as close as 1.2 Å) and their interaction energies are
+  not physical; they exist to make any number of fragments for tests and scheduling benchmarks.
+"""
 
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, List
 
 import numpy as np
 
-__all__ = ["water_cluster", "many_body_input"]
+from ..init_input import many_body_input  # noqa: F401 (the builder of every input, re-exported)
+
+__all__ = ["water_cluster", "published_water_cluster", "many_body_input"]
+
+#: waters → the bundled XYZ file of a published structure (see its comment line)
+PUBLISHED_WATER_CLUSTERS = {3: "water3.xyz", 6: "water6.xyz"}
 
 # one water (Å): O at the origin, H's in the xy plane
 _WATER = np.array([[0.0, 0.0, 0.0], [0.9572, 0.0, 0.0], [-0.2400, 0.9266, 0.0]])
@@ -21,8 +34,24 @@ def _rotation(a: float, b: float, c: float) -> np.ndarray:
     return rz @ ry @ rx
 
 
+def published_water_cluster(n: int) -> Any:
+    """The published (H2O)``n`` structure bundled with qcmb_hpc (n = 3 or 6), one fragment per
+    water (neutral singlets), as a v2 ``Molecule`` — the same molecule ``python -m qcmb_hpc init``
+    makes of the XYZ file."""
+    from importlib import resources
+
+    from ..init_input import build_molecule, fragments_by_connectivity, read_xyz
+
+    if n not in PUBLISHED_WATER_CLUSTERS:
+        raise ValueError(f"no published (H2O){n} bundled; there are {sorted(PUBLISHED_WATER_CLUSTERS)}")
+    path = resources.files("qcmb_hpc.examples").joinpath(PUBLISHED_WATER_CLUSTERS[n])
+    mol = read_xyz(str(path))
+    frags = fragments_by_connectivity(mol)
+    return build_molecule(mol, frags, [0.0] * len(frags), [1] * len(frags))
+
+
 def water_cluster(n: int, spacing: float = 2.9, seed: int = 7) -> Any:
-    """``n`` waters on a compact 3-D grid (``spacing`` Å between oxygens), each turned by a seeded
+    """A *synthetic* test input (not a physical structure): ``n`` waters on a compact 3-D grid (``spacing`` Å between oxygens), each turned by a seeded
     random rotation; one fragment per water. Returns a v2 ``Molecule``."""
     from qcelemental.models.v2 import Molecule
 
@@ -49,40 +78,3 @@ def water_cluster(n: int, spacing: float = 2.9, seed: int = 7) -> Any:
         fix_com=True,
         fix_orientation=True,
     )
-
-
-def many_body_input(
-    molecule: Any,
-    program: str = "qcmb_test",
-    method: str = "hf",
-    basis: Optional[str] = "sto-3g",
-    driver: str = "energy",
-    bsse_type: Sequence[str] = ("cp",),
-    levels: Optional[Dict[Any, str]] = None,
-    specifications: Optional[Dict[str, Dict[str, Any]]] = None,
-    keywords: Optional[Dict[str, Any]] = None,
-    protocols: Optional[Dict[str, Any]] = None,
-    **mb_keywords: Any,
-) -> Any:
-    """A v2 ``ManyBodyInput``. With ``levels`` pass ``specifications`` (mc → {program, method, basis,
-    keywords}); otherwise one "(auto)" specification from program/method/basis."""
-    from qcmanybody.models.v2 import ManyBodyInput
-
-    if specifications is None:
-        specifications = {"(auto)": {"program": program, "method": method, "basis": basis, "keywords": keywords or {}}}
-    specs = {
-        mc: {
-            "program": s["program"],
-            "model": {"method": s["method"], "basis": s.get("basis")},
-            "keywords": s.get("keywords", {}),
-            "driver": driver,
-        }
-        for mc, s in specifications.items()
-    }
-    kw: Dict[str, Any] = {"bsse_type": list(bsse_type), **mb_keywords}
-    if levels is not None:
-        kw["levels"] = levels
-    spec: Dict[str, Any] = {"driver": driver, "keywords": kw, "specification": specs}
-    if protocols:
-        spec["protocols"] = protocols
-    return ManyBodyInput(molecule=molecule, specification=spec)

@@ -317,13 +317,9 @@ def _rank() -> int:
                 return mod.COMM_WORLD.Get_rank()
         except Exception:
             pass
-    for var in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK"):
-        if os.environ.get(var, "").isdigit():
-            return int(os.environ[var])
-    if os.environ.get("SLURM_STEP_ID") not in (None, "", "batch", "extern", "4294967294", "4294967295"):
-        if os.environ.get("SLURM_PROCID", "").isdigit():
-            return int(os.environ["SLURM_PROCID"])
-    return 0
+    from .launcher import launcher_rank
+
+    return launcher_rank()
 
 
 def _fail(code: int, message: str) -> int:
@@ -340,23 +336,13 @@ def _signal_outside_run(signum: int, frame: Any) -> None:
     """The command line's handler for SIGINT/SIGTERM/SIGUSR1 whenever no run's own handlers are
     active: before a run, end at once (nothing is lost: the journal holds what any earlier run
     finished); after a run was stopped, ignore — it is saving and about to say how to resume."""
-    from .run import stop_received
+    from .signals import stop_received
 
     if stop_received() is not None:
         return
     if signum == signal.SIGINT:
         raise KeyboardInterrupt
     raise _Stopped(signal.Signals(signum).name)
-
-
-def _install_signal_handlers() -> Dict[int, Any]:
-    """Install :func:`_signal_outside_run`; returns the handlers it replaced."""
-    previous: Dict[int, Any] = {}
-    if threading.current_thread() is threading.main_thread():
-        for name in ("SIGINT", "SIGTERM", "SIGUSR1"):
-            sig = getattr(signal, name)
-            previous[sig] = signal.signal(sig, _signal_outside_run)
-    return previous
 
 
 #: ``python -m qcmb_hpc NAME ...``: commands other than running an input, each ``module:function``
@@ -373,10 +359,9 @@ def _subcommand(argv: Sequence[str]) -> Optional[int]:
     """Run ``argv[0]`` as a subcommand if it names one; None otherwise."""
     if not argv or argv[0] not in SUBCOMMANDS:
         return None
-    import importlib
+    from .loading import load_object
 
-    module, func = SUBCOMMANDS[argv[0]].split(":")
-    return getattr(importlib.import_module(module), func)(list(argv[1:]))
+    return load_object(SUBCOMMANDS[argv[0]])(list(argv[1:]))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -384,16 +369,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     code = _subcommand(argv)
     if code is not None:
         return code
-    previous = _install_signal_handlers()
+    from .signals import handling
+
     try:
-        return _main(argv)
+        with handling(_signal_outside_run):
+            return _main(argv)
     except KeyboardInterrupt:
         return _fail(EXIT_INTERRUPTED, "interrupted")
     except _Stopped as exc:
         return _fail(EXIT_INCOMPLETE, f"stopped by {exc}; run the same command again to resume")
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 def _main(argv: Optional[Sequence[str]]) -> int:
@@ -418,12 +402,9 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     comp = None
     try:
         data = load_input(input_path)
-        from .worker import import_modules
+        from .loading import import_modules
 
-        try:
-            import_modules(config.imports)
-        except ImportError as exc:
-            raise InputDataError(f"--import: {exc}") from None
+        import_modules(config.imports)
         comp = _computer(data, config)
         result = comp.compute(fresh=args.fresh, broadcast_result=False)
     except InputDataError as exc:

@@ -1,7 +1,7 @@
 """``ParallelManyBodyComputer``: QCManyBody's ``ManyBodyComputer`` with a parallel middle.
 
-plan (QCManyBody: ``ManyBodyComputer.from_manybodyinput(build_tasks=False)``) →
-run (:mod:`qcmb_hpc.run`: one coordinator over the chosen transport) →
+plan (QCManyBody's planning code, on the computer's own fields) →
+run (:mod:`qcmb_hpc.driver`: one coordinator over the chosen plugin's worker pool) →
 assemble (QCManyBody: ``ManyBodyCore.analyze`` on the complete dict in plan order, then the same
 ``get_results``). The numbers are therefore QCManyBody's own, whatever the mode or the order in
 which fragments finished.
@@ -16,7 +16,7 @@ from pydantic import ConfigDict, Field, ValidationError
 from qcmanybody.models.v2 import ManyBodyInput
 from qcmanybody.v2 import ManyBodyComputer
 
-from .config import ParallelConfig, ParallelMode, config_from_environment
+from .config import ParallelConfig, config_from_environment
 from .errors import FragmentExecutionError, IncompleteRunError, InputDataError
 from .plan import KEYWORD_FIELDS, Plan, make_plan
 from .progress import ProgressReporter
@@ -136,7 +136,7 @@ class ParallelManyBodyComputer(ManyBodyComputer):
         return the ``ManyBodyResult``; without, return the planned computer (``qcmb_core`` set)."""
         comp = cls(input_model, parallel_config=parallel_config, **kwargs)
         if not build_tasks:
-            comp._plan()
+            comp.build_plan()
             return comp
         return comp.compute()
 
@@ -155,18 +155,10 @@ class ParallelManyBodyComputer(ManyBodyComputer):
 
         ``fresh``: ignore and replace an existing checkpoint. ``broadcast_result`` (MPI): give every
         rank the result (the command line only needs it on rank 0)."""
-        from .run import resolve_mode, run_mpi
+        from .driver import run
 
-        config: ParallelConfig = self.parallel_config
-        logging.getLogger("qcmb_hpc").setLevel(config.log_level)
-        mode = resolve_mode(config)
-        if mode == ParallelMode.MPI:
-            from .run import make_reporter
-
-            result = run_mpi(self, config, make_reporter(config, self.progress_reporter), fresh, broadcast_result)
-        else:
-            result = self._compute_local(mode, fresh)
-        return self._in_input_version(result)
+        logging.getLogger("qcmb_hpc").setLevel(self.parallel_config.log_level)
+        return self._in_input_version(run(self, fresh=fresh, broadcast_result=broadcast_result))
 
     def _in_input_version(self, result: Any) -> Any:
         """The v2 result in the schema version of the input (the one place results are converted).
@@ -176,15 +168,7 @@ class ParallelManyBodyComputer(ManyBodyComputer):
         v1 = result.convert_v(1)
         return v1.copy(update={"provenance": v1.provenance.copy(update={"routine": "qcmanybody.v1.computer"})})
 
-    def _compute_local(self, mode: ParallelMode, fresh: bool = False, fell_back: Optional[str] = None):
-        from .run import make_reporter, run_local
-
-        plan = self._plan()
-        reporter = make_reporter(self.parallel_config, self.progress_reporter)
-        outcome, atomic, info = run_local(plan, self.parallel_config, mode, reporter, fresh=fresh, fell_back=fell_back)
-        return self._assemble(plan, outcome, atomic, info)
-
-    def _plan(self) -> Plan:
+    def build_plan(self) -> Plan:
         """QCManyBody's plan of this computer (its own fields, its own planning code). A
         ``ValueError`` QCManyBody raises while planning comes out as an :class:`InputDataError`
         (a ``ValueError`` too) with its first line."""
@@ -195,7 +179,10 @@ class ParallelManyBodyComputer(ManyBodyComputer):
         except ValueError as exc:
             raise InputDataError(str(exc).strip().splitlines()[0]) from None
 
-    def _assemble(self, plan: Plan, outcome: Any, atomic: Dict[int, Any], info: Any):
+    def assemble(self, plan: Plan, outcome: Any, atomic: Dict[int, Any], info: Any):
+        """The v2 ``ManyBodyResult`` from a run's outcome (QCManyBody's ``analyze`` and
+        ``get_results``, on the fragments in plan order), with the run report in :attr:`run_info`;
+        a failed or stopped run raises (:class:`FragmentExecutionError`, :class:`IncompleteRunError`)."""
         config: ParallelConfig = self.parallel_config
         report = run_report(
             outcome, plan.tasks, info.workers, info.mode, info.wall, initial_costs=info.initial_costs,

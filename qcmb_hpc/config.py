@@ -32,12 +32,13 @@ __all__ = [
 
 
 class ParallelMode(str, enum.Enum):
-    """How fragments are run."""
+    """How fragments are run: the built-in executor plugins (:mod:`qcmb_hpc.plugins`). A mode may
+    also be any other plugin's name, as a string."""
 
     SEQUENTIAL = "sequential"  #: one worker, in this process (a thread), one fragment at a time
     MULTIPROCESSING = "multiprocessing"  #: one node, worker processes over pipes
     MPI = "mpi"  #: rank 0 coordinates, ranks 1..N-1 work, over MPI point-to-point messages
-    ADAPTIVE = "adaptive"  #: MPI if COMM_WORLD has >1 rank, else multiprocessing if >1 core, else sequential
+    ADAPTIVE = "adaptive"  #: the plugins decide: MPI under a launcher, else multiprocessing if >1 core, else sequential
 
 
 class LoadBalanceStrategy(str, enum.Enum):
@@ -160,6 +161,25 @@ def _parse_enum(enum_cls: type) -> Callable[[Any], enum.Enum]:
     return parse
 
 
+def _parse_mode(value: Any) -> Union["ParallelMode", str]:
+    """A built-in mode (a :class:`ParallelMode`) or the name of any executor plugin known here
+    (:mod:`qcmb_hpc.plugins`: installed through the entry point, or registered) as a string."""
+    if isinstance(value, ParallelMode):
+        return value
+    s = str(value).strip()
+    try:
+        return _parse_enum(ParallelMode)(s)
+    except ValueError:
+        pass
+    from .plugins import plugin_names
+
+    names = plugin_names()
+    if s in names:
+        return s
+    choices = list(dict.fromkeys([m.value for m in ParallelMode] + names))
+    raise ValueError(f"expected one of: {', '.join(choices)} (an executor plugin's name)")
+
+
 def _parse_log_level(value: Any) -> str:
     s = str(value).strip().upper()
     if s not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
@@ -217,10 +237,10 @@ class ParallelConfig:
     """How a many-body expansion is run. Every field can also come from a ``QCMB_*`` environment
     variable and a command-line flag (see :func:`settings_table`)."""
 
-    mode: ParallelMode = _setting(
+    mode: Union[ParallelMode, str] = _setting(
         ParallelMode.MULTIPROCESSING,
-        _parse_enum(ParallelMode),
-        "sequential, multiprocessing, mpi or adaptive",
+        _parse_mode,
+        "sequential, multiprocessing, mpi, adaptive, or any executor plugin's name",
         env="QCMB_PARALLEL_MODE",
         metavar="MODE",
     )
@@ -361,6 +381,11 @@ class ParallelConfig:
 
     def replace(self, **changes: Any) -> "ParallelConfig":
         return dataclasses.replace(self, **changes)
+
+    @property
+    def mode_name(self) -> str:
+        """The mode as a plugin name (a built-in mode's value, or a plugin's own name)."""
+        return str(getattr(self.mode, "value", self.mode))
 
     @property
     def memory_per_worker_bytes(self) -> Optional[int]:

@@ -25,13 +25,14 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from . import failures
+from .backoff import Backoff
 from . import transport as T
 from .checkpoint import Journal, fragment_record
 from .config import LoadBalanceStrategy
 from .engine import FragmentOutcome
 from .plan import FragmentTask
 from .progress import ProgressTracker
-from .schedule import Scheduler, auto_prefetch
+from .schedule import PrefetchPolicy, TaskDistributor
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +116,6 @@ class Coordinator:
         self.grace_period = grace_period
         self.clock = clock
         self.start_timeout = start_timeout
-        self.fixed_prefetch = prefetch
         self.out = RunOutcome()
         self.continuing = previous is not None
         if previous is not None:
@@ -133,9 +133,7 @@ class Coordinator:
             self.out.properties[tid] = props
         todo = {t.id: t.cost for t in tasks if t.id not in restored and t.id not in self.out.failures}
         self.unresolved: Set[int] = set(todo)
-        self.scheduler = Scheduler(
-            todo, list(endpoint.workers), strategy, stealing=work_stealing, prefetch=prefetch or 1
-        )
+        self.scheduler = TaskDistributor(strategy, work_stealing).scheduler(todo, endpoint.workers, prefetch=prefetch or 1)
         self.out.strategy = self.scheduler.strategy.value
         self.ready: Set[int] = set()
         self.live: Set[int] = set(endpoint.workers)
@@ -148,7 +146,7 @@ class Coordinator:
         self.stop_reason: Optional[str] = None
         self.stop_deadline: Optional[float] = None
         self.stop_sent = False
-        self._mean_seconds: Optional[float] = None
+        self.prefetch = PrefetchPolicy(prefetch)
         self._results_seen = 0
         # per model chemistry: fragments to do, successes, and the signatures of those failed for good
         self._todo_mc = collections.Counter(self.tasks[t].mc for t in todo)
@@ -159,7 +157,6 @@ class Coordinator:
             self._note_failure(tid, attempts[-1])
         if previous is not None:  # ... and so do its successes
             self._ok_mc.update(self.tasks[t].mc for t in previous.properties)
-        self._next_refit = 8
 
     # ------------------------------------------------------------------------------------------
     def request_stop(self, reason: str, grace_period: Optional[float] = None) -> None:
@@ -177,8 +174,7 @@ class Coordinator:
             if not self.continuing:
                 self.tracker.start([self.tasks[tid].nbody for tid in self.out.properties], list(self.out.properties))
         self.endpoint.setup(self.spec)
-        wait = 0.0
-        max_wait = getattr(self.endpoint, "max_wait", 0.05)
+        backoff = Backoff(getattr(self.endpoint, "max_wait", 0.05))
         while True:
             if self.stop_reason is not None and self.stop_deadline is None:
                 self._begin_stop()
@@ -186,12 +182,12 @@ class Coordinator:
                 break
             if not self.ready and self.clock() - t_start > self.start_timeout and not self.stop_sent:
                 raise WorkerLostError(f"no worker became ready within {self.start_timeout:.0f} s")
-            msgs = self.endpoint.recv(wait)
+            msgs = self.endpoint.recv(backoff.wait)
             if msgs:
                 self._handle_batch(msgs)
-                wait = 0.0
+                backoff.reset()
             else:
-                wait = min(max(wait * 2, 1e-5), max_wait)
+                backoff.advance()
             if self.stop_deadline is None:
                 # (a stop requested by a signal since the top of this pass hands out nothing more)
                 if msgs and self.stop_reason is None:  # nothing changed otherwise: an idle wait stays cheap
@@ -355,15 +351,9 @@ class Coordinator:
         if self.tracker is not None:
             self.tracker.completed(task.label, task.nbody, True, tid, out.seconds)
         self._results_seen += 1
-        m = self._mean_seconds
-        self._mean_seconds = out.seconds if m is None else 0.9 * m + 0.1 * out.seconds
-        if self.fixed_prefetch is None:
-            self.scheduler.prefetch = auto_prefetch(self._mean_seconds)
-        if self.cost_model is not None:
-            self.cost_model.observe(task.mc, task.real, task.basis, out.seconds)
-            if self._results_seen >= self._next_refit:
-                self._next_refit *= 2
-                self._refit()
+        self.scheduler.prefetch = self.prefetch.observe(out.seconds)
+        if self.cost_model is not None and self.cost_model.observe(task.mc, task.real, task.basis, out.seconds):
+            self._refit()  # (the model's own schedule: after 3, 6, 12, … of this run's samples)
 
     def _refit(self) -> None:
         if not self.cost_model.refit():

@@ -67,6 +67,7 @@ except ImportError:  # pragma: no cover - not POSIX: saves are not locked
     fcntl = None  # type: ignore[assignment]
 
 __all__ = [
+    "MLLoadBalancer",
     "METHOD_EXPONENTS",
     "PROGRAM_EXPONENTS",
     "DEFAULT_EXPONENT",
@@ -509,14 +510,21 @@ class CostModel:
         return False
 
     # -- calibration ------------------------------------------------------------------------------
-    def observe(self, mc: str, real: Sequence[int], basis_frags: Sequence[int], seconds: float) -> None:
-        """Record one measurement of this run."""
+    def observe(self, mc: str, real: Sequence[int], basis_frags: Sequence[int], seconds: float) -> bool:
+        """Record one measurement of this run; returns whether a refit is due (:meth:`refit_due`)."""
         key = self.keys[mc]
         new = self.new_samples.get(key)
         if new is None:
             new = self.new_samples[key] = collections.deque(maxlen=MAX_SAMPLES_PER_KEY)
         new.append((self.size(mc, real, basis_frags), float(seconds)))
         self._observed[key] = self._observed.get(key, 0) + 1
+        return self.refit_due(key)
+
+    def refit_due(self, key: Key) -> bool:
+        """The refit schedule, the one a run follows: a key is refitted once *this run* has
+        :data:`MIN_REFIT_SAMPLES` samples of it, then each time that count has doubled (3, 6, 12, …)
+        — however long its history."""
+        return self._observed.get(key, 0) >= max(MIN_REFIT_SAMPLES, 2 * self._fitted_at.get(key, 0))
 
     def refit(self, force: bool = False) -> bool:
         """Refit the keys whose count of *this run's* samples reached :data:`MIN_REFIT_SAMPLES`,
@@ -524,10 +532,9 @@ class CostModel:
         weigh together as :data:`HISTORY_WEIGHT` samples at most. Returns whether any fit changed."""
         changed = False
         for key in set(self.history) | set(self.new_samples):
-            n = self._observed.get(key, 0)
-            if not force and n < max(MIN_REFIT_SAMPLES, 2 * self._fitted_at.get(key, 0)):
+            if not force and not self.refit_due(key):
                 continue
-            self._fitted_at[key] = n
+            self._fitted_at[key] = self._observed.get(key, 0)
             fit = self._fit(key)
             if fit is not None:
                 self.fits[key] = fit
@@ -599,3 +606,41 @@ class CostModel:
             _append_newest(self.history.setdefault(key, []), new)
         self.new_samples = {}
         return True
+
+
+class MLLoadBalancer:
+    """The design document's ``MLLoadBalancer``: fragment costs predicted from a model calibrated
+    on measured times, and a distribution of fragments optimised with them.
+
+    The model is this module's: basis functions (real and ghost atoms) to the power of the
+    method's scaling, times the driver's factor, with the prefactor and exponent fitted per
+    program/method/driver in log–log space to this run's and earlier runs' measured times (the
+    cost history). There is no learned model beyond that calibrated power law (a richer model
+    would have to predict held-out measured times better than it before being switched on).
+
+    ``predict_fragment_cost(task)`` is the current estimate in seconds (relative units before any
+    calibration); ``optimize_distribution(tasks, workers)`` places the tasks largest first onto
+    the least loaded worker by those predictions (what :class:`~qcmb_hpc.schedule.TaskDistributor`
+    does), returning worker → its tasks."""
+
+    def __init__(self, cost_model: "CostModel"):
+        self.model = cost_model
+
+    @classmethod
+    def for_input(cls, input_data: Any, history: Optional[str] = None) -> "MLLoadBalancer":
+        """A balancer for a ManyBodyInput's expansion (planned as QCManyBody plans it)."""
+        from .plan import make_plan
+
+        plan = make_plan(input_data)
+        return cls(CostModel(plan.core.molecule, plan.specifications, history=history))
+
+    def predict_fragment_cost(self, fragment: Any) -> float:
+        return self.model.estimate(fragment.mc, fragment.real, fragment.basis)
+
+    def optimize_distribution(self, fragments: Sequence[Any], workers: Optional[int] = None) -> Dict[int, List[Any]]:
+        from .schedule import lpt_partition
+
+        n = int(workers) if workers else max(1, os.cpu_count() or 1)
+        frags = list(fragments)
+        parts = lpt_partition({i: self.predict_fragment_cost(f) for i, f in enumerate(frags)}, list(range(n)))
+        return {w: [frags[i] for i in ids] for w, ids in parts.items()}

@@ -1,9 +1,11 @@
 """Run one fragment through QCEngine, in this process or in an isolated child process.
 
-* :func:`run_fragment` builds the fragment's ``AtomicInput`` exactly as QCManyBody does, calls
-  ``qcengine.compute`` with this worker's ``task_config`` (ncores, memory, scratch) and turns the
-  answer into a :class:`FragmentOutcome`: plain numbers and arrays, timings, and on failure the
-  engine's error type and text.
+* :class:`QCEngineAdapter` — the one ``qcengine.compute`` call: this worker's ``task_config``
+  (ncores, memory, scratch), the MPI launcher's variables removed from the environment.
+* :class:`FragmentExecutor` (:func:`run_fragment`) builds the fragment's ``AtomicInput`` exactly
+  as QCManyBody does, runs it through the adapter and turns the answer into a
+  :class:`FragmentOutcome`: plain numbers and arrays, timings, and on failure the engine's error
+  type and text.
 * :class:`InlineRunner` runs fragments in the calling process (fastest; used when isolation is off).
 * :class:`ChildRunner` runs them in a long-lived child process the worker owns and reuses (warm:
   qcengine is imported once). A segfault, an out-of-memory kill or a hang costs only the child: the
@@ -30,12 +32,16 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Mapping, Optional
 
+from .failures import NON_RETRYABLE_ERRORS
 from .plan import RunSpec, build_atomic_input
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "FragmentOutcome",
+    "QCEngineAdapter",
+    "FragmentExecutor",
+    "warm_qcengine",
     "run_fragment",
     "InlineRunner",
     "ChildRunner",
@@ -46,8 +52,6 @@ __all__ = [
     "set_thread_environment",
 ]
 
-#: qcengine error types that cannot succeed on a retry (bad method, basis, keywords, program).
-NON_RETRYABLE_ERRORS = frozenset({"input_error"})
 
 #: environment variables of MPI launchers (Open MPI, PMIx, PMI/Slurm PMI2, MPICH/Hydra, Intel MPI),
 #: and Slurm's job-step description: Open MPI decides it was started by srun when SLURM_NODELIST and
@@ -132,58 +136,104 @@ def _extract_properties(result: Any) -> Dict[str, Any]:
     return props
 
 
-def run_fragment(spec: RunSpec, task_id: int, label: str, task_config: Dict[str, Any]) -> FragmentOutcome:
-    """Run one fragment in this process and describe what happened (never raises for engine errors)."""
+def warm_qcengine() -> None:
+    """Import qcengine and run its node detection (py-cpuinfo, ~1.3 s) in this process once, so
+    the processes forked from it (workers, isolated children) do not each pay it."""
     import qcengine
 
-    started = time.time()
-    t0 = time.perf_counter()
-    try:
-        program, inp = build_atomic_input(spec, label)
-    except Exception as exc:  # a fragment that cannot even be built is an input problem
+    qcengine.config.get_global()
+
+
+class QCEngineAdapter:
+    """The one place fragments meet QCEngine: ``qcengine.compute`` with this worker's
+    ``task_config`` (cores, memory, scratch) and with the MPI launcher's variables removed from
+    the environment while the program runs (an Open MPI program such as Debian's NWChem, started
+    from an MPI rank, dies in ``orte_init`` otherwise). Never raises for an engine's failure: the
+    answer is an ``AtomicResult`` or a ``FailedOperation``.
+
+    The design document's ``QCEngineAdapter(qc_program, config)``: ``config`` may be a
+    :class:`~qcmb_hpc.config.ParallelConfig` (a standalone call: the task gets one worker's
+    share of this node, as :class:`~qcmb_hpc.resources.ResourceManager` lays it out) or, as
+    workers pass it, the ``task_config`` dict itself."""
+
+    def __init__(self, qc_program: str, config: Any = None):
+        self.qc_program = qc_program
+        if config is None or isinstance(config, dict):
+            self.task_config = dict(config or {})
+        else:
+            from .resources import ResourceManager
+
+            layout = ResourceManager(config).layout(tasks=1, log=False)
+            self.task_config = {"ncores": layout.threads_per_worker, "memory": round(layout.memory_per_worker / 1024**3, 3),
+                                "retries": 0}
+
+    def execute_fragment(self, atomic_input: Any) -> Any:
+        import qcengine
+
+        with clean_mpi_environment():
+            return qcengine.compute(atomic_input, self.qc_program, raise_error=False, task_config=dict(self.task_config))
+
+
+class FragmentExecutor:
+    """Runs one fragment: builds its ``AtomicInput`` exactly as QCManyBody does, runs it through
+    :class:`QCEngineAdapter`, and describes what happened as a :class:`FragmentOutcome` — plain
+    numbers and arrays, timings, and on failure the engine's error type and text. Never raises
+    for an engine's failure.
+
+    ``execute_fragment(fragment)`` makes one attempt: in a run the coordinator decides about
+    retries (a retry goes to another worker). With ``max_retries`` (standalone use) it retries in
+    place by the same policy (:func:`qcmb_hpc.failures.should_retry`)."""
+
+    def __init__(self, spec: RunSpec, task_config: Dict[str, Any], max_retries: int = 0):
+        self.spec = spec
+        self.task_config = task_config
+        self.max_retries = max_retries
+
+    def execute_fragment(self, fragment: Any) -> FragmentOutcome:
+        """``fragment``: a :class:`~qcmb_hpc.plan.FragmentTask` or a wire ``(id, label)``."""
+        from .failures import should_retry
+
+        task_id, label = fragment.wire() if hasattr(fragment, "wire") else fragment
+        attempts = 0
+        while True:
+            out = self._attempt(task_id, label)
+            attempts += 1
+            if out.ok or not should_retry(out.retryable, attempts, True, self.max_retries):
+                return out
+
+    def _attempt(self, task_id: int, label: str) -> FragmentOutcome:
+        started = time.time()
+        t0 = time.perf_counter()
+
+        def failed(error_type: str, message: str, retryable: bool = True) -> FragmentOutcome:
+            return FragmentOutcome(id=task_id, ok=False, error_type=error_type, error_message=message,
+                                   retryable=retryable, started=started, seconds=time.perf_counter() - t0)
+
+        try:
+            program, inp = build_atomic_input(self.spec, label)
+        except Exception as exc:  # a fragment that cannot even be built is an input problem
+            return failed("input_error", f"{type(exc).__name__}: {exc}", retryable=False)
+        try:
+            result = QCEngineAdapter(program, self.task_config).execute_fragment(inp)
+        except Exception as exc:  # harness bugs: report, the coordinator decides about retries
+            return failed("unknown_error", "".join(traceback.format_exception_only(type(exc), exc)).strip())
+        if not getattr(result, "success", False):
+            err = getattr(result, "error", None)
+            etype = getattr(err, "error_type", "unknown_error") or "unknown_error"
+            return failed(etype, getattr(err, "error_message", None) or repr(result), retryable=etype not in NON_RETRYABLE_ERRORS)
         return FragmentOutcome(
             id=task_id,
-            ok=False,
-            error_type="input_error",
-            error_message=f"{type(exc).__name__}: {exc}",
-            retryable=False,
+            ok=True,
+            properties=_extract_properties(result),
+            atomic_result=result if self.spec.keep_atomic_results else None,
             started=started,
             seconds=time.perf_counter() - t0,
         )
-    with clean_mpi_environment():
-        try:
-            result = qcengine.compute(inp, program, raise_error=False, task_config=dict(task_config))
-        except Exception as exc:  # harness bugs: report, the coordinator decides about retries
-            return FragmentOutcome(
-                id=task_id,
-                ok=False,
-                error_type="unknown_error",
-                error_message="".join(traceback.format_exception_only(type(exc), exc)).strip(),
-                started=started,
-                seconds=time.perf_counter() - t0,
-            )
-    seconds = time.perf_counter() - t0
-    if not getattr(result, "success", False):
-        err = getattr(result, "error", None)
-        etype = getattr(err, "error_type", "unknown_error") or "unknown_error"
-        emsg = getattr(err, "error_message", None) or repr(result)
-        return FragmentOutcome(
-            id=task_id,
-            ok=False,
-            error_type=etype,
-            error_message=emsg,
-            retryable=etype not in NON_RETRYABLE_ERRORS,
-            started=started,
-            seconds=seconds,
-        )
-    return FragmentOutcome(
-        id=task_id,
-        ok=True,
-        properties=_extract_properties(result),
-        atomic_result=result if spec.keep_atomic_results else None,
-        started=started,
-        seconds=seconds,
-    )
+
+
+def run_fragment(spec: RunSpec, task_id: int, label: str, task_config: Dict[str, Any]) -> FragmentOutcome:
+    """One attempt at one fragment in this process (:class:`FragmentExecutor`)."""
+    return FragmentExecutor(spec, task_config).execute_fragment((task_id, label))
 
 
 # --------------------------------------------------------------------------------------------

@@ -31,11 +31,13 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .config import format_bytes
+from .launcher import in_slurm_step
 
 __all__ = [
+    "ResourceManager",
     "ResourceError",
     "NodeResources",
     "Layout",
@@ -261,14 +263,9 @@ def _expand_counts(spec: str) -> List[int]:
     return out
 
 
-def _in_step(environ: Mapping[str, str]) -> bool:
-    step = environ.get("SLURM_STEP_ID", environ.get("SLURM_STEPID"))
-    return step not in (None, "", "batch", "extern", "interactive", "4294967294", "4294967295", "4294967293")
-
-
 def _step_tasks_here(environ: Mapping[str, str]) -> Optional[int]:
     """Tasks of the current srun step on this node (None when not in a step or unknown)."""
-    if not _in_step(environ):
+    if not in_slurm_step(environ):
         return None
     spec = environ.get("SLURM_STEP_TASKS_PER_NODE") or environ.get("SLURM_TASKS_PER_NODE")
     if spec:
@@ -488,3 +485,82 @@ def plan_layout(
         sources=sources,
         warnings=warnings,
     )
+
+
+# ------------------------------------------------------------------------------------------------
+# the one home of the layout
+# ------------------------------------------------------------------------------------------------
+
+
+class ResourceManager:
+    """Cores, memory, threads and scratch for a run — every mode, every node. The coordinator asks
+    it how many workers to start and what each gets; every worker rank asks it again on its own
+    node (ranks sharing a node share its cores and memory).
+
+    The design document's ``ResourceManager(config).get_optimal_worker_count()`` is here, with
+    two differences kept on purpose: memory is counted with a safety margin and a per-worker
+    overhead (QC programs overshoot what they are told; each worker's own Python processes need
+    memory too), and on one node there are never more workers than fragments to run (idle forks
+    would hold memory reservations for nothing)."""
+
+    def __init__(self, config: Any, node: Optional[NodeResources] = None, environ: Optional[Mapping[str, str]] = None):
+        self.config = config
+        self.node = node if node is not None else detect_node(environ)
+
+    def get_optimal_worker_count(self, tasks: Optional[int] = None) -> int:
+        """Workers for one node: usable cores / threads per worker, or ``max_workers``, lowered to
+        what the memory holds and (with ``tasks``) to the fragments there are."""
+        return self.layout(tasks=tasks, log=False).workers
+
+    def layout(self, tasks: Optional[int] = None, sequential: bool = False, log: bool = True) -> Layout:
+        """One node's workers (multiprocessing; ``sequential``: one worker with every core)."""
+        cfg = self.config
+        if sequential:
+            return self._layout(dict(max_workers=1, threads_per_worker=cfg.threads_per_worker or self.node.cores), log)
+        return self._layout(dict(max_workers=cfg.max_workers, threads_per_worker=cfg.threads_per_worker,
+                                 tasks=max(1, tasks) if tasks is not None else None), log)
+
+    def rank_layout(self, workers_on_node: int, log: bool = True) -> Layout:
+        """This MPI rank's share of its node, which ``workers_on_node`` worker ranks share."""
+        return self._layout(dict(threads_per_worker=self.config.threads_per_worker, ranks_on_node=max(1, workers_on_node)), log)
+
+    def _layout(self, kw: Dict[str, Any], log: bool) -> Layout:
+        from .errors import InputDataError
+
+        try:
+            layout = plan_layout(self.node, memory_per_worker=self.config.memory_per_worker_bytes, **kw)
+        except ResourceError as exc:
+            raise InputDataError(str(exc)) from None
+        if log:
+            import logging
+
+            for w in layout.warnings:
+                logging.getLogger("qcmb_hpc").warning("%s", w)
+        layout.scratch = self.scratch()
+        return layout
+
+    def scratch(self) -> str:
+        """The scratch root this node's workers use, checked (a one-line error if unusable)."""
+        from .errors import InputDataError
+        from .worker import check_scratch, scratch_root
+
+        root = scratch_root(self.config.scratch_directory)
+        try:
+            check_scratch(root)
+        except OSError as exc:
+            raise InputDataError(f"scratch directory {root} cannot be used: {exc.strerror or exc}") from None
+        return root
+
+    def fit(self, spec: Any, workers_on_node: int) -> Any:
+        """A worker rank's copy of the run specification with the threads and memory its node
+        gives it filled in where the coordinator left them open (0 / None: "fit to the node")."""
+        if spec.threads_per_worker and spec.memory_per_worker:
+            return spec
+        layout = self.rank_layout(workers_on_node, log=False)
+        import dataclasses
+
+        return dataclasses.replace(
+            spec,
+            threads_per_worker=spec.threads_per_worker or layout.threads_per_worker,
+            memory_per_worker=spec.memory_per_worker or layout.memory_per_worker,
+        )

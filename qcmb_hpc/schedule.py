@@ -38,11 +38,13 @@ import collections
 import heapq
 import itertools
 import math
-from typing import Deque, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Any, Deque, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
 from .config import LoadBalanceStrategy
 
 __all__ = [
+    "TaskDistributor",
+    "PrefetchPolicy",
     "largest_first",
     "lpt_partition",
     "choose_strategy",
@@ -107,6 +109,25 @@ def auto_prefetch(mean_task_seconds: Optional[float], round_trip_seconds: float 
     if not mean_task_seconds or mean_task_seconds <= 0:
         return 1
     return max(1, min(cap, math.ceil(round_trip_seconds / mean_task_seconds)))
+
+
+class PrefetchPolicy:
+    """How many tasks each worker keeps queued beyond its running one: ``fixed`` if given, else
+    :func:`auto_prefetch` of a running mean of this run's fragment times (an exponential average,
+    so a run whose fragments shrink — largest first — follows them down)."""
+
+    def __init__(self, fixed: Optional[int] = None):
+        self.fixed = fixed
+        self.mean: Optional[float] = None
+
+    @property
+    def depth(self) -> int:
+        return self.fixed if self.fixed is not None else auto_prefetch(self.mean)
+
+    def observe(self, seconds: float) -> int:
+        """One more fragment took ``seconds``; returns the depth to use now."""
+        self.mean = seconds if self.mean is None else 0.9 * self.mean + 0.1 * seconds
+        return self.depth
 
 
 def steal_split(costs: Sequence[float]) -> int:
@@ -464,3 +485,37 @@ class Scheduler:
                 self.planned_load[w] = sum(self.costs[t] for t in plan)
         for w in self.workers:
             self._update_load(w)
+
+
+class TaskDistributor:
+    """The placement policies, for the coordinator and for anyone who wants to see a plan (the
+    design document's ``TaskDistributor``): which strategy a run uses, the partition it comes to,
+    and the :class:`Scheduler` that carries it out during a run.
+
+    ``distribute_level(fragments, workers)`` gives the partition of ``fragments`` (by their
+    ``cost`` estimates) over ``workers`` that the strategy arrives at when the estimates are
+    right: largest first onto the least loaded worker. STATIC fixes it up front; DYNAMIC hands
+    the same order out on demand, so with exact estimates it ends at the same partition, and with
+    wrong ones it mends them as it goes (as stealing does for STATIC). The n-body levels need not
+    be distributed one by one — every fragment is independent — so "a level" may be any set."""
+
+    def __init__(self, strategy: LoadBalanceStrategy = LoadBalanceStrategy.DYNAMIC, work_stealing: bool = True):
+        self.strategy = LoadBalanceStrategy(strategy)
+        self.work_stealing = work_stealing
+
+    def strategy_for(self, costs: Sequence[float], n_workers: int) -> LoadBalanceStrategy:
+        """The strategy a run with these estimates uses (ADAPTIVE: :func:`choose_strategy`)."""
+        if self.strategy == LoadBalanceStrategy.ADAPTIVE:
+            return choose_strategy(list(costs), n_workers)
+        return self.strategy
+
+    def distribute_level(self, fragments: Sequence[Any], workers: int) -> List[List[Any]]:
+        """``workers`` lists of fragments (each largest first); see the class docstring."""
+        by_id = {i: f for i, f in enumerate(fragments)}
+        parts = lpt_partition({i: float(f.cost) for i, f in by_id.items()}, list(range(int(workers))))
+        return [[by_id[i] for i in parts[w]] for w in range(int(workers))]
+
+    def scheduler(self, costs: Mapping[int, float], workers: Sequence[int], prefetch: int = 1) -> "Scheduler":
+        """The placement state of one run (task id → estimate): what the coordinator asks."""
+        return Scheduler(costs, list(workers), self.strategy, stealing=self.work_stealing, prefetch=prefetch)
+

@@ -23,12 +23,14 @@ import traceback
 from typing import Any, Deque, List, Optional, Tuple
 
 from . import transport as T
+from .backoff import Backoff
+from .loading import import_modules
 from .engine import FragmentOutcome, make_runner, restore_environ, set_thread_environment
 from .plan import RunSpec
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Worker", "import_modules", "scratch_root", "check_scratch", "remove_scratch"]
+__all__ = ["Worker", "scratch_root", "check_scratch", "remove_scratch"]
 
 #: results are sent at once unless fragments are this short (then batched for up to FLUSH_AGE)
 FAST_FRAGMENT = 1e-3
@@ -38,19 +40,6 @@ FLUSH_COUNT = 256
 #: the coordinator (STEAL, STOP) is looked for at least this often — not every MAX_WAIT: on a small
 #: machine a worker polling at 1 kHz takes CPU from its own QC program
 BUSY_MAX_WAIT = 0.01
-
-
-def import_modules(names: List[str]) -> None:
-    """Import the user's modules (e.g. ones that call ``qcengine.register_program``). Whatever a
-    module raises while importing comes out as an ``ImportError`` naming the module."""
-    for name in names:
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            raise
-        except Exception as exc:
-            first = (str(exc).strip().splitlines() or [""])[0]
-            raise ImportError(f"module {name!r} failed to import: {type(exc).__name__}: {first}") from exc
 
 
 def scratch_root(configured: Optional[str] = None) -> str:
@@ -67,6 +56,42 @@ def check_scratch(root: str) -> None:
     os.makedirs(root, exist_ok=True)
     probe = tempfile.mkdtemp(prefix="qcmb_hpc-probe-", dir=root)
     os.rmdir(probe)
+
+
+class _ProcessState:
+    """What a worker sets for its whole process — the thread variables its QC program reads
+    (OMP/MKL/OpenBLAS_NUM_THREADS) and the log level — held as a lease: the first worker in the
+    process saves what was there, the last one to leave puts it back. In sequential mode and on
+    MPI ranks the process is the caller's own; several workers may share one (threads)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self._lock = threading.Lock()
+        self._holders = 0
+        self._saved: Optional[tuple] = None
+
+    def acquire(self, spec: RunSpec) -> None:
+        with self._lock:
+            log = logging.getLogger("qcmb_hpc")
+            if self._holders == 0:
+                self._saved = (log.level, set_thread_environment(spec.threads_per_worker))
+            else:
+                set_thread_environment(spec.threads_per_worker)
+            log.setLevel(spec.log_level)
+            self._holders += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._holders -= 1
+            if self._holders == 0 and self._saved is not None:
+                level, environ = self._saved
+                self._saved = None
+                restore_environ(environ)
+                logging.getLogger("qcmb_hpc").setLevel(level)
+
+
+_PROCESS_STATE = _ProcessState()
 
 
 def remove_scratch(workers: Any) -> None:
@@ -98,24 +123,21 @@ class Worker:
         self.busy_seconds = 0.0
         self.done = 0
         self.created = time.perf_counter()
-        #: what _setup changed in this process (thread variables, the log level), put back by
-        #: _cleanup: in sequential mode and on MPI ranks this process is the caller's own
-        self._saved_environ: Optional[dict] = None
-        self._saved_log_level: Optional[int] = None
+        #: whether this worker holds the process's thread variables and log level (_PROCESS_STATE)
+        self._holds_process_state = False
 
     # ------------------------------------------------------------------------------------------
     def run(self) -> None:
         """Serve until STOP. An exception here is the worker's own failure: report it, re-raise."""
-        wait = 0.0
-        max_wait = self.endpoint.max_wait
-        busy_max_wait = max(max_wait, BUSY_MAX_WAIT)
+        backoff = Backoff(self.endpoint.max_wait)
+        busy_max_wait = max(self.endpoint.max_wait, BUSY_MAX_WAIT)
         try:
             while not self.stopped:
-                if self.step(wait):
-                    wait = 0.0
+                if self.step(backoff.wait):
+                    backoff.reset()
                 else:
                     running = self.runner is not None and bool(self.runner.waitable())
-                    wait = min(max(wait * 2, 1e-5), busy_max_wait if running else max_wait)
+                    backoff.advance(busy_max_wait if running else None)
         except BaseException as exc:
             if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 text = f"worker {self.id} on {self.host} (pid {os.getpid()}) failed: " + "".join(
@@ -178,14 +200,13 @@ class Worker:
     def _setup(self, spec: RunSpec, worker_id: int) -> None:
         self.spec = spec
         self.id = worker_id
-        self._saved_log_level = logging.getLogger("qcmb_hpc").level
-        logging.getLogger("qcmb_hpc").setLevel(spec.log_level)
-        import_modules(spec.imports)
-        self._saved_environ = set_thread_environment(spec.threads_per_worker)
+        _PROCESS_STATE.acquire(spec)
+        self._holds_process_state = True
+        import_modules(spec.imports)  # (the coordinator imported them already: a failure here is the worker's)
         root = scratch_root(spec.scratch_root)
         os.makedirs(root, exist_ok=True)
         self.scratch = tempfile.mkdtemp(prefix=f"qcmb_hpc-{self.host}-{os.getpid()}-w{worker_id}-", dir=root)
-        inherited = getattr(self.endpoint, "inherited", lambda: [])()
+        inherited = self.endpoint.inherited()
         # An isolated runner forks its child after a full gc.collect(): ~0.1 s of CPU in a process
         # with qcengine loaded, at the start of every run on every worker (16 ranks on 2 cores:
         # ~0.8 s before the first fragment starts). With the heap frozen first, that collection
@@ -267,9 +288,6 @@ class Worker:
         if self.scratch and not (self.spec is not None and self.spec.keep_scratch):
             shutil.rmtree(self.scratch, ignore_errors=True)
             self.scratch = None
-        if self._saved_environ is not None:
-            restore_environ(self._saved_environ)
-            self._saved_environ = None
-        if self._saved_log_level is not None:
-            logging.getLogger("qcmb_hpc").setLevel(self._saved_log_level)
-            self._saved_log_level = None
+        if self._holds_process_state:
+            self._holds_process_state = False
+            _PROCESS_STATE.release()

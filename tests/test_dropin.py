@@ -59,7 +59,7 @@ def test_computer_fields_take_effect_as_upstreams_do():
     assert res.properties.model_dump() == want.properties.model_dump()
     assert res.input_data == inp  # as upstream: the input as given is stored
     # and they are part of the checkpoint's fingerprint (another expansion must not resume this one)
-    assert comp._plan().fingerprint != ParallelManyBodyComputer(inp)._plan().fingerprint
+    assert comp.build_plan().fingerprint != ParallelManyBodyComputer(inp).build_plan().fingerprint
 
 
 def test_unknown_keyword_is_refused():

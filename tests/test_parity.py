@@ -187,7 +187,7 @@ def test_idle_workers_beyond_fragments(monkeypatch, name, isolate):
     memory is raised to what the count needs, lest a small CI machine run fewer workers.)"""
     import dataclasses
 
-    import qcmb_hpc.run as run_mod
+    import qcmb_hpc.resources as run_mod
     from qcmb_hpc.resources import MEMORY_SAFETY, MIN_WORKER_MEMORY, WORKER_OVERHEAD
 
     real_plan_layout = run_mod.plan_layout

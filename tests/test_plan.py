@@ -145,9 +145,9 @@ def test_fingerprint_ignores_what_does_not_change_numbers():
     for cfg in ({"mode": "sequential"}, {"mode": "multiprocessing", "max_workers": 7, "load_balancing": "static",
                 "work_stealing": False, "timeout_per_fragment": 5, "max_retries": 0, "threads_per_worker": 2,
                 "memory_limit_per_worker": "1GiB", "isolate_fragments": False, "checkpoint": "/tmp/x.jsonl"}):
-        assert ParallelManyBodyComputer(inp, parallel_config=cfg)._plan().fingerprint == base, cfg
+        assert ParallelManyBodyComputer(inp, parallel_config=cfg).build_plan().fingerprint == base, cfg
     # a v1 input is converted to v2 first: the same fingerprint, so v1 and v2 runs resume each other
-    assert ParallelManyBodyComputer(inp.convert_v(1))._plan().fingerprint == base
+    assert ParallelManyBodyComputer(inp.convert_v(1)).build_plan().fingerprint == base
 
 
 def test_journal_from_other_parallel_settings_resumes(tmp_path):

@@ -14,10 +14,21 @@ from qcmb_hpc.engine import THREAD_VARIABLES
 from qcmb_hpc.plan import make_plan
 from qcmb_hpc.progress import ProgressReporter
 from qcmb_hpc.resources import NodeResources
-from qcmb_hpc.run import resolve_mode, workers_on_node
+from qcmb_hpc.plugins import choose_adaptively, get_plugin, select_plugin
 from qcmb_hpc.testing.inputs import many_body_input
+from qcmb_hpc.transport.mpi import workers_on_node
 
-import qcmb_hpc.run as run_module
+import qcmb_hpc.resources as resources_module
+import qcmb_hpc.signals as signals_module
+
+LAUNCHER_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "SLURM_STEP_ID", "SLURM_STEPID", "SLURM_STEP_NUM_TASKS")
+
+
+def _environ(monkeypatch, environ):
+    for var in LAUNCHER_VARIABLES:
+        monkeypatch.delenv(var, raising=False)
+    for var, value in environ.items():
+        monkeypatch.setenv(var, value)
 
 
 # -- adaptive mode -----------------------------------------------------------------------------
@@ -40,16 +51,23 @@ def _node(cores):
     ],
 )
 def test_adaptive_mode_choice(monkeypatch, caplog, environ, cores, expected):
-    monkeypatch.setattr(run_module, "detect_node", lambda environ=None: _node(cores))
+    """The adaptive mode asks every plugin whether it can handle the situation (the MPI plugin:
+    under a launcher, read from the environment without initialising MPI)."""
+    monkeypatch.setattr(resources_module, "detect_node", lambda environ=None: _node(cores))
+    _environ(monkeypatch, environ)
     with caplog.at_level(logging.DEBUG, logger="qcmb_hpc"):
-        assert resolve_mode(ParallelConfig(mode="adaptive"), environ) is expected
+        plugin = choose_adaptively(ParallelConfig(mode="adaptive"))
+    assert plugin.name == expected.value
     assert f"adaptive mode: running {expected.value}" in caplog.text  # the choice is logged
 
 
 def test_explicit_modes_are_taken_as_given(monkeypatch):
-    monkeypatch.setattr(run_module, "detect_node", lambda environ=None: _node(1))
+    monkeypatch.setattr(resources_module, "detect_node", lambda environ=None: _node(1))
+    _environ(monkeypatch, {"PMI_SIZE": "4"})
     for mode in ("sequential", "multiprocessing", "mpi"):
-        assert resolve_mode(ParallelConfig(mode=mode), {"PMI_SIZE": "4"}) is ParallelMode(mode)
+        assert ParallelConfig(mode=mode).mode is ParallelMode(mode) and get_plugin(mode).name == mode
+    for mode in ("sequential", "multiprocessing"):  # (mpi would initialise MPI here: tests/mpi run it)
+        assert select_plugin(ParallelConfig(mode=mode)) == (get_plugin(mode), None)
 
 
 # -- MPI layout policy ---------------------------------------------------------------------------
@@ -215,13 +233,13 @@ def test_cli_signals_outside_a_run(monkeypatch):
 
     import qcmb_hpc.cli as cli
 
-    monkeypatch.setattr(run_module, "_STOP_RECEIVED", None)
+    monkeypatch.setattr(signals_module, "_STOP_RECEIVED", None)
     for sig in (signal.SIGTERM, signal.SIGUSR1):
         with pytest.raises(cli._Stopped, match=signal.Signals(sig).name):
             cli._signal_outside_run(sig, None)
     with pytest.raises(KeyboardInterrupt):
         cli._signal_outside_run(signal.SIGINT, None)
-    monkeypatch.setattr(run_module, "_STOP_RECEIVED", "SIGUSR1")
+    monkeypatch.setattr(signals_module, "_STOP_RECEIVED", "SIGUSR1")
     for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
         assert cli._signal_outside_run(sig, None) is None
 
@@ -230,14 +248,14 @@ def test_a_stopped_run_records_its_signal(trimer, monkeypatch, tmp_path):
     """The run's own handler records the first stop signal for the command line to see."""
     import signal
 
-    monkeypatch.setattr(run_module, "_STOP_RECEIVED", None)
+    monkeypatch.setattr(signals_module, "_STOP_RECEIVED", None)
     inp = many_body_input(
         trimer, program="qcmb_sleep", keywords={"sleep": {"base": 0.05, "exponent": 0.0}}, bsse_type=["nocp"]
     )
 
     class StopAtFirst(ProgressReporter):
         def on_fragment_completed(self, fragment_label, success):
-            if run_module.stop_received() is None:
+            if signals_module.stop_received() is None:
                 os.kill(os.getpid(), signal.SIGUSR1)
 
     cfg = quiet(mode="sequential", checkpoint=str(tmp_path / "j.jsonl"), grace_period=5.0)
@@ -245,7 +263,7 @@ def test_a_stopped_run_records_its_signal(trimer, monkeypatch, tmp_path):
 
     with pytest.raises(IncompleteRunError):
         ParallelManyBodyComputer(inp, parallel_config=cfg, progress_reporter=StopAtFirst()).compute()
-    assert run_module.stop_received() == "SIGUSR1"
+    assert signals_module.stop_received() == "SIGUSR1"
 
 
 def test_many_failures_are_summarised_not_listed():

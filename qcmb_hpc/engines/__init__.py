@@ -18,6 +18,8 @@ import logging
 import sys
 from typing import Any, List, Optional
 
+from ..loading import instantiate, load_object
+
 __all__ = ["HARNESSES", "install", "register"]
 
 logger = logging.getLogger("qcmb_hpc")
@@ -40,8 +42,7 @@ def register() -> List[str]:
     for name, where in HARNESSES.items():
         if name in known:
             continue
-        module, cls = where.split(":")
-        qcengine.register_program(getattr(importlib.import_module(module), cls)())
+        qcengine.register_program(instantiate(load_object(where)))
         added.append(name)
     return added
 

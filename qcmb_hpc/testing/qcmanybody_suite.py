@@ -26,7 +26,7 @@ COUNTS: Dict[str, int] = {"computers": 0, "runs": 0}
 
 
 def _config() -> Any:
-    from ..transport.mpi import under_launcher
+    from ..launcher import under_launcher
 
     base = {"mode": "mpi" if under_launcher() else "multiprocessing", "max_workers": 2, "progress_reporting": False}
     if base["mode"] == "mpi":

@@ -163,6 +163,18 @@ class ParallelTestSuite:
         tol = self.tolerance if tolerance is None else tolerance
         return result_differences(parallel_result, sequential_result, tol, self.exact, flat_arrays)
 
+    def number_differences(self, parallel_result: Any, sequential_result: Any, tolerance: Optional[float] = None,
+                           flat_arrays: bool = False) -> List[str]:
+        """Differences of the numbers only — properties, ``return_result``, ``stdout`` — for two
+        results whose inputs differ in what does not change them (e.g. a fault injector's
+        settings, against its fault-free run)."""
+
+        def numbers(r: Any) -> Dict[str, Any]:
+            d = _dump(r)
+            return {k: d.get(k) for k in ("properties", "return_result", "stdout")}
+
+        return self.differences(numbers(parallel_result), numbers(sequential_result), tolerance, flat_arrays)
+
     def validate_parallel_results(self, parallel_result: Any, sequential_result: Any, tolerance: float = 1e-10) -> bool:
         """Whether the parallel result is the sequential one: every field, numbers to ``tolerance``."""
         return not self.differences(parallel_result, sequential_result, tolerance)

@@ -30,7 +30,7 @@ A transport may also synthesise ``(LOST, text)`` for a worker whose process or p
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Protocol, Sequence, Tuple
+from typing import Any, List, Optional, Protocol, Sequence, Tuple, runtime_checkable
 
 SETUP = "SETUP"
 TASKS = "TASKS"
@@ -46,30 +46,48 @@ LOST = "LOST"
 Message = Tuple[Any, ...]
 
 
+@runtime_checkable
 class WorkerEndpoint(Protocol):
-    """A worker's end of the transport."""
+    """A worker's end of the transport: what :class:`~qcmb_hpc.worker.Worker` calls, and all it calls."""
 
     #: longest single wait; a worker never waits longer without looking for messages
     max_wait: float
 
-    def send(self, msg: Message) -> None: ...
+    def send(self, msg: Message) -> None:
+        """Send to the coordinator; never blocks for long (messages may be buffered)."""
 
     def poll(self) -> Optional[Message]:
-        """The next message from the coordinator, or None; never blocks."""
+        """The next message from the coordinator, or None; never blocks. (The first is SETUP.)"""
 
     def wait(self, timeout: float, also: Sequence[Any] = ()) -> None:
         """Block until a message may be there, one of ``also`` (connections) is ready, or timeout."""
 
+    def inherited(self) -> List[Any]:
+        """Connections a process forked from the worker must close (so that a dead worker's pipe
+        reads as closed); [] if none."""
 
+    def flush(self) -> None:
+        """Deliver what ``send`` buffered (called once, when the worker leaves)."""
+
+
+@runtime_checkable
 class CoordinatorEndpoint(Protocol):
-    """The coordinator's end of the transport."""
+    """The coordinator's end of the transport: what :class:`~qcmb_hpc.coordinator.Coordinator`
+    calls, and all it calls."""
 
     #: worker ids, 0..n-1
     workers: List[int]
+    #: longest single wait of the coordinator between looks at the transport
+    max_wait: float
 
-    def send(self, worker: int, msg: Message) -> None: ...
+    def setup(self, spec: Any) -> None:
+        """Give every worker the run specification (each gets ``(SETUP, spec, worker_id)``)."""
+
+    def send(self, worker: int, msg: Message) -> None:
+        """Send to one worker; a worker that is gone is reported by ``recv`` as ``LOST``."""
 
     def recv(self, timeout: float) -> List[Tuple[int, Message]]:
         """All messages that arrived (waits up to ``timeout`` for the first one)."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Deliver what is still buffered; the transport's resources are released by its pool."""

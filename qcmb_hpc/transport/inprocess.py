@@ -11,9 +11,10 @@ import collections
 from typing import Any, Deque, List, Optional, Sequence, Tuple
 
 from . import SETUP, Message
+from ..pool import WorkerPool
 from ..worker import Worker
 
-__all__ = ["InProcessTransport"]
+__all__ = ["InProcessTransport", "InProcessPool"]
 
 
 class _WorkerSide:
@@ -22,6 +23,12 @@ class _WorkerSide:
     def __init__(self) -> None:
         self.inbox: Deque[Message] = collections.deque()
         self.outbox: List[Message] = []
+
+    def inherited(self) -> List[Any]:
+        return []
+
+    def flush(self) -> None:
+        pass
 
     def send(self, msg: Message) -> None:
         self.outbox.append(msg)
@@ -61,3 +68,17 @@ class InProcessTransport:
     def close(self) -> None:
         if not self.worker.stopped:
             self.worker._cleanup()
+
+
+class InProcessPool(WorkerPool):
+    """One worker in this process (sequential mode): fragments one at a time, in the caller's
+    process (or the worker's isolated child), through the same coordinator and worker loops."""
+
+    mode = "sequential"
+
+    def layout(self, resources: Any, tasks: int) -> Any:
+        return resources.layout(sequential=True)
+
+    def start(self, spec: Any, layout: Any) -> InProcessTransport:
+        self.endpoint = InProcessTransport()
+        return self.endpoint

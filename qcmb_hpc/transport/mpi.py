@@ -20,6 +20,9 @@ import time
 from multiprocessing.connection import wait as mp_wait
 from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
+from ..backoff import wait_until
+from ..launcher import foreign_launcher, launcher_size, under_launcher
+from ..pool import WorkerPool
 from . import Message
 
 __all__ = [
@@ -34,10 +37,11 @@ __all__ = [
     "quiet_bcast",
     "MpiWorkerEndpoint",
     "MpiCoordinatorEndpoint",
+    "MpiPool",
+    "workers_on_node",
 ]
 
 TAG = 17
-MIN_WAIT = 1e-5
 MAX_WAIT = 1e-3
 
 
@@ -62,17 +66,6 @@ def world() -> Any:
         check_library(MPI.Get_library_version())
         MPI.Init()
     return MPI.COMM_WORLD
-
-
-def foreign_launcher(environ: Optional[Mapping[str, str]] = None) -> Optional[str]:
-    """The launcher, if it is one an MPICH-family library cannot talk to through PMI: Open MPI's
-    ``mpiexec``/``mpirun`` or another PMIx-only launcher (``srun --mpi=pmix``, ``prterun``)."""
-    environ = os.environ if environ is None else environ
-    if "OMPI_COMM_WORLD_SIZE" in environ:
-        return "Open MPI's mpiexec/mpirun"
-    if "PMIX_RANK" in environ and not any(v in environ for v in ("PMI_FD", "PMI_PORT", "PMI_RANK")):
-        return "a PMIx launcher (srun --mpi=pmix, prterun)"
-    return None
 
 
 def check_library(library_version: str, environ: Optional[Mapping[str, str]] = None) -> None:
@@ -100,24 +93,6 @@ def check_library(library_version: str, environ: Optional[Mapping[str, str]] = N
     )
 
 
-def launcher_size(environ: Optional[Mapping[str, str]] = None) -> Optional[int]:
-    """How many ranks the launcher that started this process says there are (None: no launcher)."""
-    environ = os.environ if environ is None else environ
-    for var in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE"):  # Open MPI's mpiexec; Hydra and srun --mpi=pmi2
-        if environ.get(var, "").isdigit():
-            return int(environ[var])
-    step = environ.get("SLURM_STEP_ID")
-    if step not in (None, "", "batch", "extern", "4294967294", "4294967295") and environ.get("SLURM_STEP_NUM_TASKS", "").isdigit():
-        return int(environ["SLURM_STEP_NUM_TASKS"])  # an srun step (any --mpi plugin)
-    return None
-
-
-def under_launcher(environ: Optional[Mapping[str, str]] = None) -> bool:
-    """Whether an MPI launcher (mpiexec, srun) started this process with more than one rank."""
-    n = launcher_size(environ)
-    return bool(n and n > 1)
-
-
 def check_world(comm: Any, environ: Optional[Mapping[str, str]] = None) -> None:
     """Fail loudly when the launcher started N ranks but MPI sees a world of one."""
     n = launcher_size(environ)
@@ -131,23 +106,15 @@ def check_world(comm: Any, environ: Optional[Mapping[str, str]] = None) -> None:
         )
 
 
-def _backoff_wait(test: Any) -> None:
-    wait = MIN_WAIT
-    while not test():
-        time.sleep(wait)
-        wait = min(wait * 2, MAX_WAIT)
-
-
 def quiet_barrier(comm: Any) -> None:
     """``comm.Barrier()`` without busy-waiting (a non-blocking barrier polled with a backoff)."""
-    _backoff_wait(comm.Ibarrier().Test)
+    wait_until(comm.Ibarrier().Test, MAX_WAIT)
 
 
 def quiet_bcast(comm: Any, obj: Any = None, root: int = 0) -> Any:
     """``comm.bcast`` without busy-waiting: everyone first meets in a non-blocking barrier, polled
     with a sleeping backoff (a rank may wait here for minutes while rank 0 plans or assembles)."""
-    req = comm.Ibarrier()
-    _backoff_wait(req.Test)
+    wait_until(comm.Ibarrier().Test, MAX_WAIT)
     return comm.bcast(obj, root=root)
 
 
@@ -166,29 +133,31 @@ class _Sends:
         self.reqs = [r for r in self.reqs if not r.Test()]
 
     def drain(self, timeout: float = 30.0) -> bool:
-        deadline = time.monotonic() + timeout
-        wait = MIN_WAIT
-        while self.reqs and time.monotonic() < deadline:
+        def done() -> bool:
             self.reap()
-            if self.reqs:
-                time.sleep(wait)
-                wait = min(wait * 2, MAX_WAIT)
-        return not self.reqs
+            return not self.reqs
+
+        return wait_until(done, MAX_WAIT, timeout)
 
 
 class MpiWorkerEndpoint:
-    """A worker rank's end."""
+    """A worker rank's end. ``first``: the SETUP the rank received by broadcast, which
+    :meth:`poll` hands the worker loop first (as every transport's first message)."""
 
     max_wait = MAX_WAIT
 
-    def __init__(self, comm: Any):
+    def __init__(self, comm: Any, first: Optional[Message] = None):
         self.comm = comm
         self._sends = _Sends()
+        self._first = first
 
     def send(self, msg: Message) -> None:
         self._sends.add(self.comm.isend(msg, dest=0, tag=TAG))
 
     def poll(self) -> Optional[Message]:
+        if self._first is not None:
+            msg, self._first = self._first, None
+            return msg
         if self.comm.Iprobe(source=0, tag=TAG):
             return self.comm.recv(source=0, tag=TAG)
         return None
@@ -199,27 +168,35 @@ class MpiWorkerEndpoint:
         else:
             time.sleep(timeout)
 
+    def inherited(self) -> List[Any]:
+        return []
+
     def flush(self) -> None:
         self._sends.drain()
 
 
 class MpiCoordinatorEndpoint:
-    """Rank 0's end. ``n_workers`` ranks (1..n) work; the run specification has already been
-    broadcast by the caller, so :meth:`setup` sends nothing."""
+    """Rank 0's end. ``n_workers`` ranks (1..n) work. :meth:`setup` broadcasts the run
+    specification (a tree, not n sends) with the threads and memory the user did not fix left
+    open (0 / None): each rank fits them to its own node."""
 
     max_wait = MAX_WAIT
 
-    def __init__(self, comm: Any, n_workers: int):
+    def __init__(self, comm: Any, n_workers: int, threads: Optional[int] = None, memory: Optional[int] = None):
         from mpi4py import MPI
 
         self._MPI = MPI
         self.comm = comm
         self.workers = list(range(n_workers))
+        self._threads, self._memory = threads, memory
         self._sends = _Sends()
         self._status = MPI.Status()
 
     def setup(self, spec: Any) -> None:
-        return None
+        import dataclasses
+
+        open_spec = dataclasses.replace(spec, threads_per_worker=self._threads or 0, memory_per_worker=self._memory)
+        quiet_bcast(self.comm, ("SETUP", open_spec, len(self.workers)))
 
     def send(self, worker: int, msg: Message) -> None:
         self._sends.add(self.comm.isend(msg, dest=worker + 1, tag=TAG))
@@ -241,3 +218,141 @@ class MpiCoordinatorEndpoint:
 
     def close(self) -> None:
         self._sends.drain()
+
+
+# ------------------------------------------------------------------------------------------------
+# the pool
+# ------------------------------------------------------------------------------------------------
+
+
+def workers_on_node(node_ranks: List[int], n_workers: int) -> int:
+    """Policy: how many of the world ranks on a node are worker ranks (ranks 1..``n_workers``;
+    rank 0 coordinates and spare ranks only wait): they share the node's cores and memory."""
+    return sum(1 for r in node_ranks if 1 <= r <= n_workers)
+
+
+class MpiPool(WorkerPool):
+    """MPI ranks: rank 0 coordinates, ranks 1..n work (worker id = rank − 1), spare ranks wait.
+    Every rank enters the pool (it is SPMD); what each does, in order:
+
+    1. ``__enter__`` (all ranks): meet without spinning (ranks may call ``compute()`` seconds
+       apart), then work on a private duplicate of the world — this run's messages are never
+       taken for the caller's own traffic on ``COMM_WORLD``, nor a previous run's — and count the
+       ranks on each node (a shared-memory split: they share its cores and memory);
+    2. rank 0 plans; its endpoint's ``setup`` broadcasts ``("SETUP", spec, n_workers)`` — or
+       :meth:`share` broadcasts ``("ERROR", exc)`` for a bad input, which every rank raises;
+    3. ranks 1..n fit the specification to their node and run the worker loop (:meth:`serve`);
+       rank 0 coordinates;
+    4. rank 0 assembles; :meth:`share` broadcasts ``("RESULT", (result, report))`` (the result
+       v2: a v1 result does not pickle) or ``("ERROR", exc)``.
+
+    An unexpected exception on any rank (:meth:`fail`) prints the rank and the error and calls
+    ``MPI_Abort``: the job ends in seconds instead of hanging; the journal holds what finished.
+    """
+
+    mode = "mpi"
+
+    def __init__(self, config: Any, world_comm: Any):
+        super().__init__(config)
+        self.world = world_comm
+        self.comm: Any = None
+        self.rank = world_comm.Get_rank()
+        size = world_comm.Get_size()
+        self.n_workers = min(size - 1, config.max_workers or size - 1)  # rank 0's count is every rank's
+        self.coordinates = self.rank == 0
+        self.node_ranks: List[int] = []
+
+    def __enter__(self) -> "MpiPool":
+        quiet_barrier(self.world)
+        self.comm = self.world.Dup()
+        self.node_ranks = _node_world_ranks(self.comm)
+        return self
+
+    def close(self) -> None:
+        super().close()
+        if self.comm is not None:
+            comm, self.comm = self.comm, None
+            comm.Free()
+
+    def layout(self, resources: Any, tasks: int) -> Any:
+        return resources.rank_layout(max(1, workers_on_node(self.node_ranks, self.n_workers)))
+
+    def describe(self, layout: Any) -> str:
+        here = workers_on_node(self.node_ranks, self.n_workers)
+        return f"mpi, {self.n_workers} worker ranks of {self.comm.Get_size()} ({here} on this node), {layout.describe()}"
+
+    def start(self, spec: Any, layout: Any) -> MpiCoordinatorEndpoint:
+        self.endpoint = MpiCoordinatorEndpoint(
+            self.comm, self.n_workers, threads=self.config.threads_per_worker, memory=self.config.memory_per_worker_bytes
+        )
+        return self.endpoint
+
+    def serve(self) -> None:
+        import signal
+
+        from ..engine import warm_qcengine
+        from ..resources import ResourceManager
+        from ..signals import handling
+        from ..worker import Worker
+
+        with handling(signal.SIG_IGN):  # the coordinator decides when to stop (launchers signal every rank)
+            kind, *rest = self._bcast(None, f"rank {self.rank} receiving the run specification")
+            if kind == "ERROR":
+                raise rest[0]
+            spec, n_workers = rest
+            if self.rank - 1 >= n_workers:
+                return  # a spare rank: it waits for the result
+            spec = ResourceManager(self.config).fit(spec, workers_on_node(self.node_ranks, n_workers))
+            warm_qcengine()
+            endpoint = MpiWorkerEndpoint(self.comm, first=("SETUP", spec, self.rank - 1))
+            Worker(endpoint).run()
+            endpoint.flush()
+
+    def share(self, result: Any = None, report: Any = None, error: Optional[BaseException] = None) -> Tuple[Any, Any]:
+        if self.coordinates:
+            self._bcast(("ERROR", error) if error is not None else ("RESULT", (result, report)), "sending the outcome")
+            if error is not None:
+                raise error
+            return result, report
+        kind, payload = self._bcast(None, f"rank {self.rank} waiting for the result")
+        if kind == "ERROR":
+            raise payload
+        return payload
+
+    def _bcast(self, msg: Any, where: str) -> Any:
+        """A quiet broadcast from rank 0; if it fails (e.g. ``msg`` does not pickle) the other
+        ranks would wait for ever, so the job is aborted instead."""
+        try:
+            return quiet_bcast(self.comm, msg)
+        except BaseException as exc:
+            self.fail(where, exc)
+            raise
+
+    def fail(self, where: str, exc: BaseException) -> None:  # pragma: no cover - ends the process
+        """End the whole MPI job from this rank: one line for a user-fixable problem found on this
+        rank only (e.g. its node's memory cannot hold its workers; exit 2), the traceback else."""
+        import sys
+        import traceback
+
+        from ..errors import InputDataError
+
+        comm = self.comm if self.comm is not None else self.world
+        if isinstance(exc, InputDataError):
+            sys.stderr.write(f"qcmb_hpc: error: rank {self.rank} ({where}): {exc}\n")
+            sys.stderr.flush()
+            comm.Abort(2)
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        sys.stderr.write(f"qcmb_hpc: rank {self.rank} ({where}) failed; aborting the MPI job:\n{text}\n")
+        sys.stderr.flush()
+        comm.Abort(1)
+
+
+def _node_world_ranks(comm: Any) -> List[int]:
+    """The world ranks that share this rank's node (a shared-memory split) — collective."""
+    from mpi4py import MPI
+
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        return sorted(node.allgather(comm.Get_rank()))
+    finally:
+        node.Free()

@@ -20,11 +20,12 @@ import traceback
 from multiprocessing.connection import wait as mp_wait
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from . import LOST, SETUP, Message
+from . import LOST, READY, SETUP, Message
+from ..pool import WorkerPool
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ProcessTransport", "TransportStartError"]
+__all__ = ["ProcessTransport", "ProcessPool", "TransportStartError"]
 
 
 class TransportStartError(RuntimeError):
@@ -42,6 +43,9 @@ class _PipeEndpoint:
     def inherited(self) -> List[Any]:
         """Connections a forked grandchild must close (so this pipe reads EOF when we die)."""
         return [self.conn]
+
+    def flush(self) -> None:
+        pass
 
     def send(self, msg: Message) -> None:
         self.conn.send(msg)
@@ -94,6 +98,7 @@ class ProcessTransport:
         self._conns: Dict[int, Any] = {}
         self._procs: Dict[int, Any] = {}
         self._gone: set = set()
+        self.ready: Dict[int, Dict[str, Any]] = {}  #: worker → its READY info (where its scratch is)
         gc.collect()
         gc.freeze()
         try:
@@ -141,7 +146,10 @@ class ProcessTransport:
             w = self._by_conn[conn]
             try:
                 while conn.poll():
-                    out.append((w, conn.recv()))
+                    msg = conn.recv()
+                    if msg[0] == READY:
+                        self.ready[w] = msg[1]
+                    out.append((w, msg))
             except (EOFError, OSError):
                 out.append((w, (LOST, self._death(w))))
                 self._forget(w)
@@ -176,3 +184,23 @@ class ProcessTransport:
                 proc.kill()
                 proc.join(2)
         self._conns.clear()
+
+
+class ProcessPool(WorkerPool):
+    """Worker processes on this node (multiprocessing mode), forked once each and kept warm."""
+
+    mode = "multiprocessing"
+    can_fall_back = True
+    survives_worker_loss = True
+
+    def start(self, spec: Any, layout: Any) -> ProcessTransport:
+        self.endpoint = ProcessTransport(layout.workers)
+        return self.endpoint
+
+    def close(self) -> None:
+        endpoint = self.endpoint
+        super().close()
+        if endpoint is not None and not self.config.keep_scratch:
+            from ..worker import remove_scratch
+
+            remove_scratch(endpoint.ready.values())  # a killed worker could not remove its own

@@ -1,0 +1,286 @@
+"""The one run driver, for every way of running: plan, pick a plugin, enter its worker pool, run
+the one coordinator over the pool's endpoint, assemble — and, when the workers cannot start or
+all die, go on sequentially in this process.
+
+    computer (plan, assemble: QCManyBody's)   ←   driver.run   →   plugin → WorkerPool → endpoint
+                                                      │
+                                               Coordinator (+ Scheduler, CostModel, Journal, tracker)
+
+What every run does on its coordinating process, in order: the user's modules, QCManyBody's
+plan, a check that every program used is installed, cost estimates, the journal and what it
+restores; the layout (:class:`~qcmb_hpc.resources.ResourceManager`, through the pool); the run
+specification; the workers (``pool.start``); the coordinator, under :class:`~qcmb_hpc.signals.StopSignals`;
+the cost history; assembly. Errors: an input error found before the workers have their work is
+told to every process of the pool (they raise it too); anything unexpected goes to
+``pool.fail`` (MPI: the whole job ends at once instead of hanging).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
+
+from .checkpoint import Journal, JournalError, decode_properties, plan_totals
+from .config import ParallelConfig
+from .coordinator import Coordinator, RunOutcome, WorkerLostError
+from .cost import CostModel
+from .engine import warm_qcengine
+from .errors import InputDataError, ParallelExecutionError, QCMBError
+from .loading import import_modules
+from .plan import Plan, RunSpec, worker_parent
+from .plugins import get_plugin, select_plugin
+from .progress import make_reporter, run_tracker
+from .report import without_attempts
+from .resources import Layout, ResourceManager
+from .signals import StopSignals
+
+logger = logging.getLogger("qcmb_hpc")
+
+__all__ = ["run", "RunInfo", "check_programs", "open_journal", "make_spec", "prepare"]
+
+
+@dataclass
+class RunInfo:
+    mode: str
+    workers: int
+    layout: Optional[Layout]
+    wall: float
+    fell_back: Optional[str] = None  #: why the run continued sequentially, if it did
+    initial_costs: Optional[Dict[int, float]] = None  #: task id → estimate when the run started
+    started: Optional[float] = None  #: wall clock (epoch seconds) when the run started
+
+
+def run(computer: Any, fresh: bool = False, broadcast_result: bool = True) -> Any:
+    """Run ``computer``'s expansion; every process of the pool returns the v2 result (``None`` on
+    the other processes of an SPMD pool without ``broadcast_result``), and has the run report in
+    ``computer.run_info``."""
+    config: ParallelConfig = computer.parallel_config
+    plugin, fell_back = select_plugin(config)
+    with contextlib.ExitStack() as pools:  # the plugin's pool, and one a fallback starts: shut down on the way out
+        pool = pools.enter_context(plugin.create_executor(config))
+        fell_back = fell_back or pool.fell_back
+        if not pool.coordinates:
+            try:
+                pool.serve()
+                result, computer.run_info = pool.share()
+            except QCMBError:
+                raise  # the coordinator's error, told to every process
+            except BaseException as exc:
+                pool.fail("worker", exc)
+                raise
+            return result if broadcast_result else None
+        return _coordinate(computer, config, pool, pools, fresh, fell_back, broadcast_result)
+
+
+def _coordinate(computer: Any, config: ParallelConfig, pool: Any, pools: Any, fresh: bool, fell_back: Optional[str],
+                broadcast_result: bool) -> Any:
+    t0, started = time.perf_counter(), time.time()
+    try:
+        plan = computer.build_plan()
+        cost, journal, restored, atomic = prepare(plan, config, fresh)
+        todo = len(plan.tasks) - len(restored)
+        resources = ResourceManager(config)
+        if todo == 0 and pool.can_fall_back:  # nothing to run: no worker processes to start
+            pool = pools.enter_context(get_plugin("sequential").create_executor(config))
+        layout = pool.layout(resources, todo)
+        spec = make_spec(plan, config, layout)
+        tracker = run_tracker(make_reporter(config.progress_reporting, computer.progress_reporter), plan.tasks, cost,
+                              journal.path if journal else None, mode=pool.mode)
+    except QCMBError as exc:  # a bad input: every process of the pool raises it
+        pool.share(error=exc)
+        raise
+    except BaseException as exc:
+        pool.fail("planning", exc)
+        raise
+    logger.info("qcmb_hpc: %s", pool.describe(layout))
+    coords: List[Coordinator] = []
+    try:
+        try:
+            warm_qcengine()
+            outcome, pool, fell_back = _run_coordinator(
+                plan, config, pool, pools, spec, layout, journal, restored, tracker, cost, coords, fell_back)
+        finally:
+            tracker.close()
+            if journal is not None:
+                journal.close()
+        cost.save()  # into config.cost_history, if any (a cache: a failure to write it is a warning)
+    except (QCMBError, WorkerLostError) as exc:
+        if not pool.can_fall_back:  # (an SPMD pool's workers are still working: they would never hear)
+            pool.fail("coordinator", exc)
+        raise
+    except BaseException as exc:
+        pool.fail("coordinator", exc)
+        raise
+    info = RunInfo(
+        mode=pool.mode, workers=len(coords[-1].endpoint.workers), layout=layout, wall=time.perf_counter() - t0,
+        fell_back=fell_back, initial_costs=cost.initial_estimates, started=started,
+    )
+    try:
+        result = computer.assemble(plan, outcome, atomic, info)
+    except QCMBError as exc:
+        pool.share(error=exc)
+        raise
+    except BaseException as exc:
+        pool.fail("assembling", exc)
+        raise
+    # (the per-attempt table stays here: ~100 bytes a fragment, on every rank of a big job)
+    pool.share(result if broadcast_result else None, without_attempts(computer.run_info))
+    return result
+
+
+def _run_coordinator(plan, config, pool, pools, spec, layout, journal, restored, tracker, cost, coords, fell_back):
+    """Start the pool's workers and run the coordinator over them; if they cannot start or all
+    die (and the pool allows it), go on sequentially in this process with what finished. Returns
+    (outcome, the pool that finished the run, why it fell back)."""
+    from .transport.processes import TransportStartError
+
+    def sequentially(why: str) -> Any:
+        pool.close()
+        return pools.enter_context(get_plugin("sequential").create_executor(config)), why
+
+    try:
+        endpoint = pool.start(spec, layout)
+    except TransportStartError as exc:
+        if not (pool.can_fall_back and config.fallback_to_sequential):
+            raise ParallelExecutionError(str(exc)) from None
+        logger.warning("%s; continuing sequentially in this process (fallback_to_sequential)", exc)
+        pool, fell_back = sequentially(str(exc))
+        spec = _no_child_processes(spec)
+        endpoint = pool.start(spec, layout)
+    coord = _coordinator(plan, config, endpoint, spec, journal, restored, tracker, cost)
+    coords.append(coord)
+    try:
+        with StopSignals(coord):
+            return coord.run(), pool, fell_back
+    except WorkerLostError as exc:
+        if not (pool.can_fall_back and config.fallback_to_sequential):
+            raise ParallelExecutionError(f"the parallel run broke: {exc}") from None
+        logger.warning("the parallel run broke (%s); continuing sequentially (fallback_to_sequential)", exc)
+        pool, fell_back = sequentially(str(exc))
+    # whatever took the workers down must not take this process down: fragments in a child
+    spec = dataclasses.replace(spec, isolate=True)
+    coord = _coordinator(plan, config, pool.start(spec, layout), spec, journal, None, tracker, cost, previous=coord.out)
+    coords.append(coord)
+    with StopSignals(coord):
+        return coord.run(), pool, fell_back
+
+
+def _no_child_processes(spec: RunSpec) -> RunSpec:
+    """Processes cannot be started: run fragments in this process (no isolated child, so no
+    per-fragment timeout either)."""
+    if spec.timeout is not None:
+        logger.warning("timeout_per_fragment=%g s cannot be enforced without child processes", spec.timeout)
+    return dataclasses.replace(spec, isolate=False, timeout=None)
+
+
+def _coordinator(plan, config, endpoint, spec, journal, restored, tracker, cost, previous=None) -> Coordinator:
+    return Coordinator(
+        plan.tasks,
+        endpoint,
+        spec,
+        strategy=config.load_balancing,
+        work_stealing=config.work_stealing,
+        prefetch=config.prefetch,
+        retry_failed=config.retry_failed_fragments,
+        max_retries=config.max_retries,
+        journal=journal,
+        restored=restored,
+        tracker=tracker,
+        cost_model=cost,
+        grace_period=config.grace_period,
+        previous=previous,
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# what every run does before its coordinator starts
+# ------------------------------------------------------------------------------------------------
+
+
+def check_programs(plan: Plan) -> None:
+    """Every program the plan uses must be known to qcengine and installed: a one-line error
+    otherwise. A model chemistry that no level uses is ignored, as QCManyBody ignores it."""
+    import qcengine
+
+    used = {t.mc for t in plan.tasks}
+    for mc, chem in plan.specifications.items():
+        if mc not in used:
+            continue
+        prog = chem["program"]
+        try:
+            qcengine.get_program(prog)
+        except Exception as exc:
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InputDataError(f"program {prog!r} (model chemistry {mc!r}) is not available: {msg}") from None
+
+
+def open_journal(config: ParallelConfig, plan: Plan, fresh: bool = False) -> Tuple[Optional[Journal], Dict[int, Dict[str, Any]], Dict[int, Any]]:
+    """The journal (None without ``config.checkpoint``) and what it restores: task id → properties,
+    and task id → AtomicResult (only when the input keeps cluster results)."""
+    if not config.checkpoint:
+        return None, {}, {}
+    try:
+        journal = Journal.open(
+            config.checkpoint, plan.fingerprint, fresh=fresh, fragments=len(plan.tasks), info=plan_totals(plan.tasks)
+        )
+    except JournalError as exc:
+        raise InputDataError(str(exc)) from None
+    except OSError as exc:
+        raise InputDataError(f"checkpoint {config.checkpoint}: {exc.strerror or exc}") from None
+    by_label = {t.label: t.id for t in plan.tasks}
+    restored: Dict[int, Dict[str, Any]] = {}
+    atomic: Dict[int, Any] = {}
+    for label, rec in journal.restored.items():
+        tid = by_label.get(label)
+        if tid is None:
+            continue
+        restored[tid] = decode_properties(rec["properties"])
+        if plan.keep_atomic_results and rec.get("atomic_result") is not None:
+            from qcelemental.models.v2 import AtomicResult
+
+            atomic[tid] = AtomicResult(**rec["atomic_result"])
+    if journal.torn:
+        logger.warning("checkpoint %s ended in a torn record (killed mid-write): that fragment is recomputed", journal.path)
+    if restored:
+        logger.info("checkpoint %s: %d of %d fragments already done", journal.path, len(restored), len(plan.tasks))
+    return journal, restored, atomic
+
+
+def make_spec(plan: Plan, config: ParallelConfig, layout: Layout) -> RunSpec:
+    return RunSpec(
+        molecule=worker_parent(plan.core.molecule),
+        specifications=plan.specifications,
+        embedding_charges=plan.core.embedding_charges or None,
+        keep_atomic_results=plan.keep_atomic_results,
+        imports=list(config.imports),
+        threads_per_worker=layout.threads_per_worker,
+        memory_per_worker=layout.memory_per_worker,
+        scratch_root=config.scratch_directory,  # None: each worker resolves $SLURM_TMPDIR/$TMPDIR on its node
+        keep_scratch=config.keep_scratch,
+        timeout=config.timeout_per_fragment,
+        isolate=config.isolate_fragments,
+        log_level=config.log_level,
+    )
+
+
+def estimate_costs(plan: Plan, config: ParallelConfig) -> CostModel:
+    try:
+        model = CostModel(plan.core.molecule, plan.specifications, history=config.cost_history)
+    except ValueError as exc:
+        raise InputDataError(str(exc)) from None
+    model.estimate_tasks(plan.tasks)
+    return model
+
+
+def prepare(plan: Plan, config: ParallelConfig, fresh: bool) -> Tuple[CostModel, Optional[Journal], Dict[int, Dict[str, Any]], Dict[int, Any]]:
+    """What every run does before its coordinator starts: the user's modules, a check that every
+    program is there, cost estimates, and the journal with what it restores."""
+    import_modules(config.imports)
+    check_programs(plan)
+    cost = estimate_costs(plan, config)
+    journal, restored, atomic = open_journal(config, plan, fresh=fresh)
+    return cost, journal, restored, atomic

@@ -117,3 +117,12 @@ def test_conformance_catches_a_broken_pool(tmp_path):
             conformance.check_parity("corrupting")
     finally:
         unregister_plugin("corrupting")
+
+
+def test_the_readme_shows_the_tested_example_plugin():
+    import os
+
+    from conftest import REPO
+
+    readme = open(os.path.join(REPO, "README.md")).read()
+    assert open(threads_plugin.__file__).read() in readme, "the README's example plugin is not tests/threads_plugin.py"

@@ -67,10 +67,9 @@ def run(computer: Any, fresh: bool = False, broadcast_result: bool = True) -> An
             try:
                 pool.serve()
                 result, computer.run_info = pool.share()
-            except QCMBError:
-                raise  # the coordinator's error, told to every process
             except BaseException as exc:
-                pool.fail("worker", exc)
+                if exc is not pool.told:  # (the coordinator's error, told to every process, is raised as it is)
+                    pool.fail("worker", exc)
                 raise
             return result if broadcast_result else None
         return _coordinate(computer, config, pool, pools, fresh, fell_back, broadcast_result)

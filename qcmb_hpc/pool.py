@@ -41,6 +41,9 @@ class WorkerPool:
     survives_worker_loss: bool = False
     #: set when this pool stands in for the one asked for: why (the run report says it fell back)
     fell_back: Optional[str] = None
+    #: the coordinator's error as an SPMD pool's other processes received it (they raise it too;
+    #: an error of their own instead ends the job)
+    told: Optional[BaseException] = None
 
     def __init__(self, config: Any):
         self.config = config

@@ -298,7 +298,8 @@ class MpiPool(WorkerPool):
         with handling(signal.SIG_IGN):  # the coordinator decides when to stop (launchers signal every rank)
             kind, *rest = self._bcast(None, f"rank {self.rank} receiving the run specification")
             if kind == "ERROR":
-                raise rest[0]
+                self.told = rest[0]
+                raise self.told
             spec, n_workers = rest
             if self.rank - 1 >= n_workers:
                 return  # a spare rank: it waits for the result
@@ -316,6 +317,7 @@ class MpiPool(WorkerPool):
             return result, report
         kind, payload = self._bcast(None, f"rank {self.rank} waiting for the result")
         if kind == "ERROR":
+            self.told = payload
             raise payload
         return payload
 

@@ -38,7 +38,6 @@ import logging
 import os
 import signal
 import sys
-import threading
 import time
 from typing import Any, Dict, Mapping, Optional, Sequence
 
@@ -381,7 +380,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _main(argv: Optional[Sequence[str]]) -> int:
-    from .computer import ParallelManyBodyComputer
 
     try:
         args = build_parser().parse_args(argv)
@@ -399,25 +397,34 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         config = config.replace(checkpoint=None)
     t0 = time.perf_counter()
     report_path = default_report(output)
-    comp = None
+    made: list = []
+
+    def computer() -> Any:
+        """Read and check the input — on the process that coordinates only (an MPI worker rank
+        never reads it, nor imports QCManyBody's planning)."""
+        made.append(_computer(load_input(input_path), config))
+        return made[0]
+
     try:
-        data = load_input(input_path)
+        from .driver import run
         from .loading import import_modules
 
         import_modules(config.imports)
-        comp = _computer(data, config)
-        result = comp.compute(fresh=args.fresh, broadcast_result=False)
+        result = run(computer, fresh=args.fresh, broadcast_result=False, config=config)
+        comp = made[0] if made else None
+        if comp is not None:
+            result = comp.in_input_version(result)
     except InputDataError as exc:
         return _fail(EXIT_USAGE, str(exc))
     except FragmentExecutionError as exc:
-        _write_report(report_path, comp, t0)
+        _write_report(report_path, made[0] if made else None, t0)
         if _rank() == 0:
             print(f"qcmb_hpc: error: {exc}", file=sys.stderr)
             print(exc.details(), file=sys.stderr)
             print(f"qcmb_hpc: every attempt, with the engine's whole output: {report_path} (\"failures\")", file=sys.stderr, flush=True)
         return EXIT_FRAGMENT
     except IncompleteRunError as exc:
-        _write_report(report_path, comp, t0)
+        _write_report(report_path, made[0] if made else None, t0)
         code = EXIT_INTERRUPTED if exc.reason == "SIGINT" else EXIT_INCOMPLETE
         return _fail(code, str(exc))
     except ParallelExecutionError as exc:

@@ -158,9 +158,9 @@ class ParallelManyBodyComputer(ManyBodyComputer):
         from .driver import run
 
         logging.getLogger("qcmb_hpc").setLevel(self.parallel_config.log_level)
-        return self._in_input_version(run(self, fresh=fresh, broadcast_result=broadcast_result))
+        return self.in_input_version(run(self, fresh=fresh, broadcast_result=broadcast_result))
 
-    def _in_input_version(self, result: Any) -> Any:
+    def in_input_version(self, result: Any) -> Any:
         """The v2 result in the schema version of the input (the one place results are converted).
         A v1 caller would have used QCManyBody's v1 computer, which stamps its own routine."""
         if result is None or self.input_schema_version != 1:

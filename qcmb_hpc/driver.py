@@ -24,19 +24,13 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
-from .checkpoint import Journal, JournalError, decode_properties, plan_totals
 from .config import ParallelConfig
-from .coordinator import Coordinator, RunOutcome, WorkerLostError
-from .cost import CostModel
-from .engine import warm_qcengine
 from .errors import InputDataError, ParallelExecutionError, QCMBError
-from .loading import import_modules
-from .plan import Plan, RunSpec, worker_parent
 from .plugins import get_plugin, select_plugin
-from .progress import make_reporter, run_tracker
-from .report import without_attempts
-from .resources import Layout, ResourceManager
-from .signals import StopSignals
+
+# What only the coordinating process needs (planning, the journal, the cost model, assembly:
+# QCManyBody and its models) is imported inside the functions that coordinate: a worker rank
+# starts on what runs fragments, and no more.
 
 logger = logging.getLogger("qcmb_hpc")
 
@@ -47,18 +41,21 @@ __all__ = ["run", "RunInfo", "check_programs", "open_journal", "make_spec", "pre
 class RunInfo:
     mode: str
     workers: int
-    layout: Optional[Layout]
+    layout: Any  #: the Layout this process gave its workers
     wall: float
     fell_back: Optional[str] = None  #: why the run continued sequentially, if it did
     initial_costs: Optional[Dict[int, float]] = None  #: task id → estimate when the run started
     started: Optional[float] = None  #: wall clock (epoch seconds) when the run started
 
 
-def run(computer: Any, fresh: bool = False, broadcast_result: bool = True) -> Any:
+def run(computer: Any, fresh: bool = False, broadcast_result: bool = True, config: Optional[ParallelConfig] = None) -> Any:
     """Run ``computer``'s expansion; every process of the pool returns the v2 result (``None`` on
     the other processes of an SPMD pool without ``broadcast_result``), and has the run report in
-    ``computer.run_info``."""
-    config: ParallelConfig = computer.parallel_config
+    ``computer.run_info``. ``computer`` may be a function that makes it (then ``config`` is the
+    run's): it is called only on the process that coordinates — the command line's worker ranks
+    never read the input."""
+    if config is None:
+        config = computer.parallel_config
     plugin, fell_back = select_plugin(config)
     with contextlib.ExitStack() as pools:  # the plugin's pool, and one a fallback starts: shut down on the way out
         pool = pools.enter_context(plugin.create_executor(config))
@@ -66,17 +63,32 @@ def run(computer: Any, fresh: bool = False, broadcast_result: bool = True) -> An
         if not pool.coordinates:
             try:
                 pool.serve()
-                result, computer.run_info = pool.share()
+                result, report = pool.share()
             except BaseException as exc:
                 if exc is not pool.told:  # (the coordinator's error, told to every process, is raised as it is)
                     pool.fail("worker", exc)
                 raise
+            if not callable(computer):
+                computer.run_info = report
             return result if broadcast_result else None
+        if callable(computer):
+            try:
+                computer = computer()
+            except QCMBError as exc:
+                pool.share(error=exc)
+                raise
+            except BaseException as exc:
+                pool.fail("reading the input", exc)
+                raise
         return _coordinate(computer, config, pool, pools, fresh, fell_back, broadcast_result)
 
 
 def _coordinate(computer: Any, config: ParallelConfig, pool: Any, pools: Any, fresh: bool, fell_back: Optional[str],
                 broadcast_result: bool) -> Any:
+    from .progress import make_reporter, run_tracker
+    from .report import without_attempts
+    from .resources import ResourceManager
+
     t0, started = time.perf_counter(), time.time()
     try:
         plan = computer.build_plan()
@@ -96,10 +108,9 @@ def _coordinate(computer: Any, config: ParallelConfig, pool: Any, pools: Any, fr
         pool.fail("planning", exc)
         raise
     logger.info("qcmb_hpc: %s", pool.describe(layout))
-    coords: List[Coordinator] = []
+    coords: List[Any] = []
     try:
         try:
-            warm_qcengine()
             outcome, pool, fell_back = _run_coordinator(
                 plan, config, pool, pools, spec, layout, journal, restored, tracker, cost, coords, fell_back)
         finally:
@@ -107,7 +118,7 @@ def _coordinate(computer: Any, config: ParallelConfig, pool: Any, pools: Any, fr
             if journal is not None:
                 journal.close()
         cost.save()  # into config.cost_history, if any (a cache: a failure to write it is a warning)
-    except (QCMBError, WorkerLostError) as exc:
+    except QCMBError as exc:
         if not pool.can_fall_back:  # (an SPMD pool's workers are still working: they would never hear)
             pool.fail("coordinator", exc)
         raise
@@ -135,6 +146,8 @@ def _run_coordinator(plan, config, pool, pools, spec, layout, journal, restored,
     """Start the pool's workers and run the coordinator over them; if they cannot start or all
     die (and the pool allows it), go on sequentially in this process with what finished. Returns
     (outcome, the pool that finished the run, why it fell back)."""
+    from .coordinator import WorkerLostError
+    from .signals import StopSignals
     from .transport.processes import TransportStartError
 
     def sequentially(why: str) -> Any:
@@ -168,7 +181,7 @@ def _run_coordinator(plan, config, pool, pools, spec, layout, journal, restored,
         return coord.run(), pool, fell_back
 
 
-def _no_child_processes(spec: RunSpec) -> RunSpec:
+def _no_child_processes(spec: Any) -> Any:
     """Processes cannot be started: run fragments in this process (no isolated child, so no
     per-fragment timeout either)."""
     if spec.timeout is not None:
@@ -176,7 +189,9 @@ def _no_child_processes(spec: RunSpec) -> RunSpec:
     return dataclasses.replace(spec, isolate=False, timeout=None)
 
 
-def _coordinator(plan, config, endpoint, spec, journal, restored, tracker, cost, previous=None) -> Coordinator:
+def _coordinator(plan, config, endpoint, spec, journal, restored, tracker, cost, previous=None) -> Any:
+    from .coordinator import Coordinator
+
     return Coordinator(
         plan.tasks,
         endpoint,
@@ -200,7 +215,7 @@ def _coordinator(plan, config, endpoint, spec, journal, restored, tracker, cost,
 # ------------------------------------------------------------------------------------------------
 
 
-def check_programs(plan: Plan) -> None:
+def check_programs(plan: Any) -> None:
     """Every program the plan uses must be known to qcengine and installed: a one-line error
     otherwise. A model chemistry that no level uses is ignored, as QCManyBody ignores it."""
     import qcengine
@@ -217,9 +232,11 @@ def check_programs(plan: Plan) -> None:
             raise InputDataError(f"program {prog!r} (model chemistry {mc!r}) is not available: {msg}") from None
 
 
-def open_journal(config: ParallelConfig, plan: Plan, fresh: bool = False) -> Tuple[Optional[Journal], Dict[int, Dict[str, Any]], Dict[int, Any]]:
+def open_journal(config: ParallelConfig, plan: Any, fresh: bool = False) -> Tuple[Any, Dict[int, Dict[str, Any]], Dict[int, Any]]:
     """The journal (None without ``config.checkpoint``) and what it restores: task id → properties,
     and task id → AtomicResult (only when the input keeps cluster results)."""
+    from .checkpoint import Journal, JournalError, decode_properties, plan_totals
+
     if not config.checkpoint:
         return None, {}, {}
     try:
@@ -249,7 +266,9 @@ def open_journal(config: ParallelConfig, plan: Plan, fresh: bool = False) -> Tup
     return journal, restored, atomic
 
 
-def make_spec(plan: Plan, config: ParallelConfig, layout: Layout) -> RunSpec:
+def make_spec(plan: Any, config: ParallelConfig, layout: Any) -> Any:
+    from .fragment import RunSpec, worker_parent
+
     return RunSpec(
         molecule=worker_parent(plan.core.molecule),
         specifications=plan.specifications,
@@ -266,7 +285,9 @@ def make_spec(plan: Plan, config: ParallelConfig, layout: Layout) -> RunSpec:
     )
 
 
-def estimate_costs(plan: Plan, config: ParallelConfig) -> CostModel:
+def estimate_costs(plan: Any, config: ParallelConfig) -> Any:
+    from .cost import CostModel
+
     try:
         model = CostModel(plan.core.molecule, plan.specifications, history=config.cost_history)
     except ValueError as exc:
@@ -275,9 +296,11 @@ def estimate_costs(plan: Plan, config: ParallelConfig) -> CostModel:
     return model
 
 
-def prepare(plan: Plan, config: ParallelConfig, fresh: bool) -> Tuple[CostModel, Optional[Journal], Dict[int, Dict[str, Any]], Dict[int, Any]]:
+def prepare(plan: Any, config: ParallelConfig, fresh: bool) -> Tuple[Any, Any, Dict[int, Dict[str, Any]], Dict[int, Any]]:
     """What every run does before its coordinator starts: the user's modules, a check that every
     program is there, cost estimates, and the journal with what it restores."""
+    from .loading import import_modules
+
     import_modules(config.imports)
     check_programs(plan)
     cost = estimate_costs(plan, config)

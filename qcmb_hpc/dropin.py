@@ -19,8 +19,10 @@ import contextlib
 import importlib
 from typing import Any, ClassVar, Dict, Iterator, List, Optional, Tuple
 
-from .computer import ParallelManyBodyComputer
 from .config import ParallelConfig, ParallelMode
+
+# (the computer — QCManyBody's planning and assembly — is imported where it is used: this module
+# is imported whenever QCEngine is, to register the procedure, also in worker processes)
 
 __all__ = ["parallelize", "replaced_computers", "parallel_computer_class", "COMPUTER_LOCATIONS", "register_qcengine_procedure"]
 
@@ -38,6 +40,8 @@ COMPUTER_LOCATIONS: Tuple[Tuple[str, str], ...] = (
 def parallel_computer_class(parallel_config: Any = None, progress_reporter: Any = None) -> type:
     """A subclass of :class:`ParallelManyBodyComputer` whose default configuration (used when a
     caller passes none, as code written for QCManyBody does) is ``parallel_config``."""
+    from .computer import ParallelManyBodyComputer
+
     config = ParallelConfig.coerce(parallel_config)
     namespace = {
         "__module__": __name__,
@@ -123,6 +127,8 @@ def register_qcengine_procedure() -> None:
         _defaults: ClassVar[Dict[str, Any]] = {"name": "qcmb_hpc", "procedure": "manybody"}
 
         def compute(self, input_model: Any, config: Any) -> Any:
+            from .computer import ParallelManyBodyComputer
+
             comp = ParallelManyBodyComputer(input_model, parallel_config=config_from_task_config(config))
             return comp.compute()
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import gc
-import importlib
 import logging
 import os
 import shutil
@@ -26,7 +25,7 @@ from . import transport as T
 from .backoff import Backoff
 from .loading import import_modules
 from .engine import FragmentOutcome, make_runner, restore_environ, set_thread_environment
-from .plan import RunSpec
+from .fragment import RunSpec
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import pytest
 from conftest import assert_same_result, load_report, reference, run_cli
 from qcmb_hpc.plan import RunSpec, build_atomic_input, make_plan
 from qcmb_hpc.testing.engines import fragment_key
-from qcmb_hpc.testing.inputs import many_body_input, water_cluster
+from qcmb_hpc.testing.inputs import many_body_input
 from test_parity import assert_full_parity
 
 

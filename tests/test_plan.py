@@ -3,7 +3,7 @@ identical to those of ``ManyBodyCore.iterate_molecules()``."""
 
 import pytest
 
-from qcmb_hpc.plan import build_atomic_input, build_fragment_molecule, build_tasks, input_fingerprint, make_plan, worker_parent
+from qcmb_hpc.plan import build_atomic_input, build_fragment_molecule, make_plan, worker_parent
 from qcmb_hpc.testing.inputs import many_body_input, water_cluster
 
 INPUTS = {

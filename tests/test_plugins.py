@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import quiet, reference
-from qcmb_hpc import ParallelConfig, ParallelExecutionPlugin, ParallelManyBodyComputer, WorkerPool, register_plugin
+from qcmb_hpc import ParallelConfig, ParallelExecutionPlugin, ParallelManyBodyComputer, register_plugin
 from qcmb_hpc.plugins import ENTRY_POINT_GROUP, available_plugins, get_plugin, unregister_plugin
 from qcmb_hpc.testing import conformance
 from qcmb_hpc.testing.inputs import many_body_input, water_cluster

@@ -6,13 +6,12 @@ import os
 import subprocess
 import sys
 
-import pytest
 
 import probe_engine  # noqa: F401  (registers qcmb_probe in this process; workers inherit it)
 from conftest import HERE, REPO, assert_same_result, quiet, reference
 from qcmb_hpc import ParallelManyBodyComputer
 from qcmb_hpc.plan import make_plan
-from qcmb_hpc.testing.inputs import many_body_input, water_cluster
+from qcmb_hpc.testing.inputs import many_body_input
 
 
 def probes(res):

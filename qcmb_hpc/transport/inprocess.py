@@ -80,5 +80,8 @@ class InProcessPool(WorkerPool):
         return resources.layout(sequential=True)
 
     def start(self, spec: Any, layout: Any) -> InProcessTransport:
+        from ..engine import warm_qcengine
+
+        warm_qcengine()  # once here: an isolated child forked from this process inherits it
         self.endpoint = InProcessTransport()
         return self.endpoint

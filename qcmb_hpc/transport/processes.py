@@ -194,6 +194,9 @@ class ProcessPool(WorkerPool):
     survives_worker_loss = True
 
     def start(self, spec: Any, layout: Any) -> ProcessTransport:
+        from ..engine import warm_qcengine
+
+        warm_qcengine()  # once, in the parent: the workers (and their children) are forked warm
         self.endpoint = ProcessTransport(layout.workers)
         return self.endpoint
 

@@ -44,7 +44,6 @@ said goodbye.
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import importlib.util
 import logging
@@ -71,6 +70,11 @@ __all__ = ["ParslPlugin", "ParslPool", "load_config", "default_config", "run_wor
 INSTALL_HINT = 'pip install "qcmb_hpc[parsl]"'
 #: the built-in local configuration's executor
 LOCAL_LABEL = "qcmb_hpc_local"
+#: the longest temporary directory a block's manager can use: it makes a Unix socket in it
+#: (``pymp-*/listener-*``, at most 107 characters in all)
+MAX_SOCKET_DIR = 64
+#: a lost worker that served this long is always replaced (see _ParslEndpoint.lost)
+LONG_LIVED = 600.0
 #: seconds the pool waits for its workers' Parsl tasks to end after the run, before cleaning up
 END_WAIT = 15.0
 
@@ -91,13 +95,18 @@ def _parsl():
 
 
 def load_config(value: Any) -> Any:
-    """The ``parsl.config.Config`` that ``value`` names: the object itself (a copy: its executors
-    start fresh for each run), or ``"FILE.py"`` / ``"package.module"``, optionally ``:NAME`` (the
+    """The ``parsl.config.Config`` that ``value`` names: the object itself (once: its executors
+    start with the run's DataFlowKernel and stop with it), or ``"FILE.py"`` / ``"package.module"``, optionally ``:NAME`` (the
     variable, default ``config``, or the one ``Config`` in it; a function is called). Anything
     wrong is an :class:`~qcmb_hpc.errors.InputDataError` of one line."""
     Config = _parsl()
     if isinstance(value, Config):
-        return copy.deepcopy(value)
+        if any(_started(e) for e in value.executors):
+            raise InputDataError(
+                "this parsl.config.Config's executors have run already (a Config serves one DataFlowKernel): "
+                "make a new one, or name a file or module that makes it (--parsl-config)"
+            )
+        return value
     text = str(value).strip()
     where, name = text, None
     if ":" in text and not os.path.exists(text):
@@ -134,6 +143,12 @@ def load_config(value: Any) -> Any:
     return found
 
 
+def _started(executor: Any) -> bool:
+    """Whether a Parsl executor has been started (by a DataFlowKernel, or by hand)."""
+    return bool(getattr(executor, "interchange_proc", None) or getattr(executor, "executor", None)
+                or getattr(executor, "run_id", None))
+
+
 def default_config(workers: int, run_dir: str, pythonpath: Optional[str] = None) -> Any:
     """The built-in local configuration: one HighThroughputExecutor block on this node with
     ``workers`` worker processes (qcmb_hpc's layout decides how many), run directory ``run_dir``;
@@ -144,14 +159,18 @@ def default_config(workers: int, run_dir: str, pythonpath: Optional[str] = None)
     from parsl.executors import HighThroughputExecutor
     from parsl.providers import LocalProvider
 
+    init = []
     tmp = os.path.join(run_dir, "tmp")
-    os.makedirs(tmp, exist_ok=True)
-    init = [f"export TMPDIR={_quote(tmp)}"]
+    if len(tmp) <= MAX_SOCKET_DIR:
+        os.makedirs(tmp, exist_ok=True)
+        init.append(f"export TMPDIR={_quote(tmp)}")
     if pythonpath:
         init.append(f"export PYTHONPATH={_quote(pythonpath)}")
     provider = LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1, worker_init="\n".join(init))
+    # (heartbeats every 5 s: a worker process that died is restarted within that, not 30 s)
     executor = HighThroughputExecutor(
         label=LOCAL_LABEL, address="127.0.0.1", max_workers_per_node=max(1, int(workers)), provider=provider,
+        heartbeat_period=5, heartbeat_threshold=30,
     )
     return Config(executors=[executor], run_dir=run_dir, strategy="none", usage_tracking=0)
 
@@ -196,7 +215,7 @@ def worker_addresses(executors: Sequence[Any]) -> List[str]:
 
 
 @contextlib.contextmanager
-def _parsl_scripts_on_path():
+def parsl_scripts_on_path():
     """Parsl starts ``interchange.py`` and ``process_worker_pool.py`` by name: when this Python's
     environment is not activated, put its scripts directory on PATH (for the run)."""
     bindir = os.path.dirname(sys.executable)
@@ -272,7 +291,8 @@ class _ParslEndpoint(SocketTransport):
         super().__init__(n, bind=bind)
         self.pool = pool
         self.stopping = False
-        self.replaced = 0
+        self.initial = n
+        self.quick_replacements = 0
 
     def setup(self, spec: Any) -> None:
         cfg = self.pool.config
@@ -289,10 +309,19 @@ class _ParslEndpoint(SocketTransport):
         super().send(worker, msg)
 
     def lost(self, w: int, text: str) -> None:
+        """Replace a lost worker that had finished a fragment: always if it served ``LONG_LIVED``
+        seconds (its block ended: walltime, preemption), else as many times in a run as there
+        were workers at the start (workers that keep dying soon are a fault of the node or of
+        a fragment, which more workers would only feed)."""
         if self.stopping or w not in self.served or self.pool.dfk is None:
             return
+        if time.monotonic() - self.connected_at.get(w, time.monotonic()) < LONG_LIVED:
+            if self.quick_replacements >= self.initial:
+                logger.warning("qcmb_hpc: worker %d lost and not replaced (%d workers were already replaced soon after starting)",
+                               w, self.quick_replacements)
+                return
+            self.quick_replacements += 1
         new = self.add_worker()
-        self.replaced += 1
         logger.warning("qcmb_hpc: worker %d lost; a new Parsl task (worker %d) replaces it", w, new)
         self.pool.submit(new)
 
@@ -327,8 +356,6 @@ class ParslPool(WorkerPool):
         return _user_executors(list(self.dfk.executors.values()))
 
     def layout(self, resources: Any, tasks: int) -> Any:
-        from .resources import Layout
-
         _parsl()
         cfg = self.config
         if cfg.parsl_config is not None:
@@ -351,12 +378,9 @@ class ParslPool(WorkerPool):
             )
         self.n_workers = max(1, min(int(n), max(1, tasks)))
         self.labels = [e.label for e in executors]
-        return Layout(
-            workers=self.n_workers, threads_per_worker=cfg.threads_per_worker or 0,
-            memory_per_worker=cfg.memory_per_worker_bytes or 0, cores=0, memory=0,
-            sources={"cores": "each block's node", "memory": "each block's node"},
-            scratch=cfg.scratch_directory or "",
-        )
+        # the workers fit themselves to their blocks' nodes; this node's figures serve a
+        # sequential fallback here, should it come to that
+        return dataclasses.replace(resources.layout(tasks=tasks, log=False), workers=self.n_workers)
 
     def describe(self, layout: Any) -> str:
         if self.parsl_config is None and self.dfk is None:
@@ -392,11 +416,12 @@ class ParslPool(WorkerPool):
     def _start(self) -> None:
         from parsl.app.python import PythonApp
 
-        self._path = _parsl_scripts_on_path()
+        self._path = parsl_scripts_on_path()
         self._path.__enter__()
         if self.parsl_config is None and self.dfk is None:
-            root = self.scratch_root or tempfile.gettempdir()
-            self.run_dir = tempfile.mkdtemp(prefix="qcmb_hpc-parsl-", dir=root)
+            # (in the temporary directory, not the scratch root: the block's manager makes a Unix
+            # socket under it, and a long scratch path would be too long for one)
+            self.run_dir = tempfile.mkdtemp(prefix="qcmb_hpc-parsl-")
             pythonpath = os.pathsep.join(os.path.abspath(p) if p else os.getcwd() for p in sys.path)
             self.parsl_config = default_config(self.n_workers, self.run_dir, pythonpath)
             self.labels = [LOCAL_LABEL]

@@ -31,6 +31,7 @@ import os
 import queue
 import socket
 import threading
+import time
 from multiprocessing.connection import Connection, answer_challenge, deliver_challenge
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -97,6 +98,7 @@ class SocketTransport(ConnectionTransport):
         #: slot → "pending" (no worker yet), "connected", "closed" (STOP before it came), "lost"
         self.state: Dict[int, str] = {w: "pending" for w in self.workers}
         self.info: Dict[int, Dict[str, Any]] = {}  #: slot → what its worker said in its HELLO
+        self.connected_at: Dict[int, float] = {}  #: slot → when its worker connected (monotonic)
         self.served: set = set()  #: workers whose results reached the coordinator
         self._waiting: Dict[int, List[Message]] = {}  # messages for slots not yet connected
         self._events: List[Tuple[int, Message]] = []
@@ -215,6 +217,7 @@ class SocketTransport(ConnectionTransport):
                     continue
                 self.state[slot] = "connected"
                 self.info[slot] = dict(extra or {})
+                self.connected_at[slot] = time.monotonic()
                 self.attach(slot, conn)
                 if self.spec is not None:
                     self.send(slot, (SETUP, self.spec, slot))

@@ -100,7 +100,6 @@ def warm(a: argparse.Namespace) -> dict:
     from parsl.app.python import PythonApp
 
     import noop_engine  # noqa: F401
-    import qcmb_hpc.coordinator as coordinator_mod
     import qcmb_hpc.testing.engines  # noqa: F401
     from bench_scheduling import make_input, planned_sleeps
     from qcmb_hpc import ParallelManyBodyComputer
@@ -111,16 +110,7 @@ def warm(a: argparse.Namespace) -> dict:
     n = a.workers
     _, _, unit = planned_sleeps(1.0)
     base = min(a.lb * n / sum(unit), 0.9 * a.lb / max(unit))
-    captured = {}
-    real_run = coordinator_mod.Coordinator.run
-
-    def run(self):
-        captured["t0"] = time.time()
-        out = real_run(self)
-        captured["out"] = out
-        return out
-
-    coordinator_mod.Coordinator.run = run
+    captured = common.capture_coordinator_runs()
     cfg = dict(mode="parsl", progress_reporting=False, imports=["qcmb_hpc.testing.engines", "noop_engine"],
                isolate_fragments=False, log_level="ERROR", max_workers=n)
     run_dir = tempfile.mkdtemp(prefix="qcmb-bench-parsl-")

@@ -24,7 +24,7 @@ from qcmb_hpc.testing.inputs import many_body_input, water_cluster
 
 import probe_engine  # noqa: F401  (qcmb_probe, for the reference computed here)
 
-pytest.importorskip("parsl", reason="the parsl extra is part of the test install (pip install -e '.[test]')")
+import parsl  # noqa: F401,E402  (the test extra brings it: without it this fails, it is not skipped)
 pytestmark = pytest.mark.slurm
 
 GiB, MiB = 1024**3, 1024**2

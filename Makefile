@@ -49,7 +49,7 @@ test-mpi: venv
 	timeout 600 $(MPIEXEC) -n 3 $(PY) -m pytest --with-mpi -q -p no:cacheprovider tests/mpi/test_ranks_pyscf.py
 
 test-slurm: install
-	timeout 1200 $(PY) -m pytest -q -m slurm tests/test_slurm.py
+	timeout 1200 $(PY) -m pytest -q -m slurm tests/test_slurm.py tests/test_parsl_slurm.py
 
 # every test of QCManyBody's own suite that the installed engines can run, through qcmb_hpc (hours)
 test-qcmanybody-full: install

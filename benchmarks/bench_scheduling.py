@@ -107,7 +107,6 @@ def child(a: argparse.Namespace) -> None:
 def _child(comm, a: argparse.Namespace) -> None:
     from mpi4py.futures import MPICommExecutor
 
-    import qcmb_hpc.coordinator as coordinator_mod
     import qcmb_hpc.testing.engines  # noqa: F401
     from qcmb_hpc import ParallelManyBodyComputer
     from qcmb_hpc.schedule import makespan_lower_bound
@@ -121,18 +120,7 @@ def _child(comm, a: argparse.Namespace) -> None:
     base = comm.bcast(base, root=0)
     inp = make_input(base)
 
-    # keep every coordinator run's per-fragment timings (rank 0)
-    captured = {}
-    real_run = coordinator_mod.Coordinator.run
-
-    def run(self):
-        captured["t0"] = time.time()
-        out = real_run(self)
-        captured["out"] = out
-        captured["costs"] = {tid: t.cost for tid, t in self.tasks.items()}
-        return out
-
-    coordinator_mod.Coordinator.run = run
+    captured = common.capture_coordinator_runs()  # every coordinator run's per-fragment timings (rank 0)
     cfg = dict(
         mode="mpi",
         progress_reporting=False,

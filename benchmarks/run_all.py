@@ -1,7 +1,7 @@
 """Run every benchmark (``make bench``): each prints its table and writes JSON under benchmarks/results/.
 
-    python benchmarks/run_all.py                      # all six, in this order
-    python benchmarks/run_all.py --only throughput    # one (scheduling, throughput, nwchem, pyscf, simulation, eta)
+    python benchmarks/run_all.py                      # all seven, in this order
+    python benchmarks/run_all.py --only throughput    # one (scheduling, throughput, nwchem, pyscf, simulation, eta, parsl)
 
 1. ``bench_scheduling.py`` — makespan / LB per strategy vs MPIPoolExecutor.map and round-robin,
    4, 8, 16 workers (MPI, ``qcmb_sleep``)                                        ~3–4 min
@@ -13,6 +13,8 @@
    (pure Python, one core)                                                       ~5–10 min
 6. ``bench_eta.py`` — the cost-weighted ETA against a count-based one over simulated runs
    (fake clock: no machine timing)                                               ~10 s
+7. ``bench_parsl.py`` — the parsl plugin against Parsl's python_app map (largest first) on
+   one local block of 4 workers: makespan / LB, whole-process wall, no-op throughput  ~2 min
 
 The timing benchmarks want a quiet machine: on a shared one the numbers move with the load.
 A summary of every target is printed at the end and written to results/summary.json.
@@ -30,9 +32,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
 
-ORDER = ["scheduling", "throughput", "nwchem", "pyscf", "simulation", "eta"]
+ORDER = ["scheduling", "throughput", "nwchem", "pyscf", "simulation", "eta", "parsl"]
 #: seconds each may take before it is killed (the MPI ones also time out each mpiexec world)
-TIMEOUTS = {"scheduling": 1500, "throughput": 700, "nwchem": 700, "pyscf": 1500, "simulation": 2400, "eta": 300}
+TIMEOUTS = {"scheduling": 1500, "throughput": 700, "nwchem": 700, "pyscf": 1500, "simulation": 2400, "eta": 300, "parsl": 1200}
 
 
 def main(argv=None) -> int:

@@ -194,6 +194,9 @@ def _parse_str(value: Any) -> str:
     return s
 
 
+_MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
 def _parse_modules(value: Any) -> List[str]:
     if isinstance(value, str):
         items = [v.strip() for v in value.split(",")]
@@ -201,9 +204,26 @@ def _parse_modules(value: Any) -> List[str]:
         items = [str(v).strip() for v in value]
     items = [v for v in items if v]
     for item in items:
-        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$", item):
+        if not _MODULE_NAME.match(item):
             raise ValueError(f"{item!r} is not a module name")
     return items
+
+
+def _parse_parsl_config(value: Any) -> Any:
+    """A Parsl configuration: ``FILE.py`` or ``package.module``, optionally ``:NAME`` (read when
+    the run starts: :func:`qcmb_hpc.parsl_plugin.load_config`), or a ``parsl.config.Config``."""
+    if not isinstance(value, str):
+        if type(value).__module__.split(".")[0] == "parsl" and hasattr(value, "executors"):
+            return value
+        raise ValueError("expected a Python file or module with a parsl.config.Config, or the Config itself")
+    s = value.strip()
+    where = s.rpartition(":")[0] if ":" in s and not os.path.exists(s) else s
+    if where.endswith(".py") or os.sep in where:
+        if not os.path.isfile(where):
+            raise ValueError("no such file")
+    elif not _MODULE_NAME.match(where):
+        raise ValueError("expected FILE.py or a module name, optionally :NAME")
+    return s
 
 
 def _optional(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -341,6 +361,14 @@ class ParallelConfig:
         flag="--import",
         metavar="MODULE",
         default_factory=list,
+    )
+
+    parsl_config: Optional[Any] = _setting(
+        None,
+        _optional(_parse_parsl_config),
+        "Parsl configuration for the `parsl` mode: a Python file or module with a `parsl.config.Config` (`config`, or `FILE.py:NAME`); implies `--mode parsl` in the adaptive mode",
+        metavar="FILE_OR_MODULE",
+        shown="none (the loaded DataFlowKernel, else one local block)",
     )
 
     def __setattr__(self, name: str, value: Any) -> None:

@@ -115,7 +115,8 @@ class Coordinator:
         self.max_retries = max_retries
         self.grace_period = grace_period
         self.clock = clock
-        self.start_timeout = start_timeout
+        # (an endpoint whose workers wait in a batch queue says how long to wait for the first one)
+        self.start_timeout = getattr(endpoint, "start_timeout", start_timeout)
         self.out = RunOutcome()
         self.continuing = previous is not None
         if previous is not None:
@@ -259,6 +260,8 @@ class Coordinator:
                     logger.error("%s", msg[1])
             elif kind == T.LOST:
                 self._lose(wid, str(msg[1]))
+            elif kind == T.JOINED:
+                self._join(wid)
             else:
                 raise WorkerLostError(f"unknown message {kind!r} from worker {wid}")
         if records and self.journal is not None:
@@ -403,6 +406,15 @@ class Coordinator:
         else:
             self.endpoint.send(target, (T.STEAL, list(tids)))
         return True
+
+    def _join(self, wid: int) -> None:
+        """A worker the transport added during the run (a replacement): counted from now on."""
+        if wid in self.live or wid in self.out.workers:
+            return
+        self.live.add(wid)
+        self.scheduler.add_worker(wid)
+        if self.stop_sent:
+            self.endpoint.send(wid, (T.STOP,))
 
     def _lose(self, wid: int, why: str) -> None:
         if wid in self.said_bye:  # a worker that said goodbye and left is not lost

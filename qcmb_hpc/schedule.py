@@ -451,6 +451,17 @@ class Scheduler:
         self.stealing_from = {v: (None, ids) for v, (_, ids) in self.stealing_from.items()}  # type: ignore[misc]
         self.thieves.clear()
 
+    def add_worker(self, w: int) -> None:
+        """A worker that joined during the run: it starts with nothing planned and draws from the
+        shared queue (where a lost worker's work went) or steals."""
+        if w in self.sent:
+            return
+        self.workers.append(w)
+        self.sent[w] = collections.deque()
+        self.planned.setdefault(w, collections.deque())
+        self.planned_load.setdefault(w, 0.0)
+        self._update_load(w)
+
     def remove_worker(self, w: int, drop: Iterable[int] = ()) -> List[int]:
         """``w`` is gone: everything sent to or planned for it is handed out again, except ``drop``.
         Returns the ids that were at the worker (their outcome is unknown)."""

@@ -107,3 +107,39 @@ def load_report(result_path):
 def quiet(**kw):
     """A parallel_config dict without console progress."""
     return {"progress_reporting": False, **kw}
+
+
+# ------------------------------------------------------------------------------------------------
+# the real single-node Slurm of the Slurm tests (tests/test_slurm.py, tests/test_parsl_slurm.py):
+# one per session, started by the first test that asks for it, always stopped
+# ------------------------------------------------------------------------------------------------
+
+PARTITION = "debug"
+#: CPUs the test node declares (2 real cores here; the test engines sleep): the jobs that sit
+#: through a time limit (3 × 2) and the largest other job (3) fit at once
+CLUSTER_CPUS = 12
+
+
+@pytest.fixture(scope="session")
+def slurm():
+    from slurm_cluster import INSTALL_HINT, SlurmCluster, SlurmMissing, missing_binaries
+
+    missing = missing_binaries()
+    if missing:
+        pytest.fail(f"Slurm is not installed (missing: {', '.join(missing)}); install it with: {INSTALL_HINT}", pytrace=False)
+    root = tempfile.mkdtemp(prefix="qcmb-slurm-")
+    cluster = SlurmCluster(root, cpus=CLUSTER_CPUS, memory_mb=16000, partition=PARTITION)
+    try:
+        try:
+            cluster.start()
+        except SlurmMissing as exc:
+            pytest.fail(str(exc), pytrace=False)
+        yield cluster
+    finally:
+        done = cluster.stop()
+        leftovers = [n for n, p in cluster.procs.items() if p.poll() is None]
+        print(f"\ntest Slurm in {root}: {'; '.join(done) or 'nothing to stop'}")
+        assert not leftovers, f"Slurm daemons still running: {leftovers}"
+        shutil.rmtree(root, ignore_errors=True)
+
+

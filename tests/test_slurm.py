@@ -35,12 +35,12 @@ import time
 
 import pytest
 
-from conftest import HERE, REPO, assert_same_result, load_report, reference
+from conftest import CLUSTER_CPUS, HERE, PARTITION, REPO, assert_same_result, load_report, reference
 from qcmb_hpc.plan import RunSpec, build_atomic_input, make_plan
 from qcmb_hpc.resources import MEMORY_SAFETY, WORKER_OVERHEAD
 from qcmb_hpc.testing.engines import fragment_key
 from qcmb_hpc.testing.inputs import many_body_input, water_cluster
-from slurm_cluster import INSTALL_HINT, SlurmCluster, SlurmMissing, missing_binaries, mpich_segments
+from slurm_cluster import SlurmCluster, mpich_segments
 
 import probe_engine  # noqa: F401  (qcmb_probe, for the reference computed here)
 
@@ -49,40 +49,15 @@ pytestmark = pytest.mark.slurm
 SCRIPTS = os.path.join(REPO, "slurm")
 VENV_BIN = os.path.dirname(sys.executable)
 GiB, MiB = 1024**3, 1024**2
-PARTITION = "debug"
 JOB_DEADLINE = 240  # seconds any one job may take before the test gives up on it
-#: CPUs the test node declares (2 real cores here; the test engines sleep): the jobs that sit
-#: through a time limit (3 × 2) and the largest other job (3) fit at once
-CLUSTER_CPUS = 12
 #: a job whose rank died must be gone this soon (srun --kill-on-bad-exit: the step is signalled at
 #: once, and killed KillWait = 10 s later); without the flag it runs into its 5-minute limit
 DEAD_RANK_ENDS_WITHIN = 60
 
 
 # ------------------------------------------------------------------------------------------------
-# the cluster
+# the cluster (the session's: the ``slurm`` fixture in conftest.py)
 # ------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def slurm():
-    missing = missing_binaries()
-    if missing:
-        pytest.fail(f"Slurm is not installed (missing: {', '.join(missing)}); install it with: {INSTALL_HINT}", pytrace=False)
-    root = tempfile.mkdtemp(prefix="qcmb-slurm-")
-    cluster = SlurmCluster(root, cpus=CLUSTER_CPUS, memory_mb=16000, partition=PARTITION)
-    try:
-        try:
-            cluster.start()
-        except SlurmMissing as exc:
-            pytest.fail(str(exc), pytrace=False)
-        yield cluster
-    finally:
-        done = cluster.stop()
-        leftovers = [n for n, p in cluster.procs.items() if p.poll() is None]
-        print(f"\ntest Slurm in {root}: {'; '.join(done) or 'nothing to stop'}")
-        assert not leftovers, f"Slurm daemons still running: {leftovers}"
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def job_env(cluster: SlurmCluster, workdir, **header: str):

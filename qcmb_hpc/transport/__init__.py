@@ -25,7 +25,9 @@ worker → coordinator::
     (BYE, stats)                      after STOP; stats = {"busy", "restarts", ...}
     (FAILED, text)                    the worker itself broke (not a fragment): text says where
 
-A transport may also synthesise ``(LOST, text)`` for a worker whose process or pipe vanished.
+A transport may also synthesise ``(LOST, text)`` for a worker whose process or pipe vanished, and
+``(JOINED, info)`` for a worker it adds during the run (a replacement for a lost one: its id is
+new, the coordinator counts it from then on, and its READY comes when it has connected).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ RETURNED = "RETURNED"
 BYE = "BYE"
 FAILED = "FAILED"
 LOST = "LOST"
+JOINED = "JOINED"
 
 Message = Tuple[Any, ...]
 
@@ -75,7 +78,8 @@ class CoordinatorEndpoint(Protocol):
     """The coordinator's end of the transport: what :class:`~qcmb_hpc.coordinator.Coordinator`
     calls, and all it calls."""
 
-    #: worker ids, 0..n-1
+    #: worker ids, 0..n-1 (a transport that adds workers during the run appends their ids and
+    #: announces each with a JOINED message)
     workers: List[int]
     #: longest single wait of the coordinator between looks at the transport
     max_wait: float

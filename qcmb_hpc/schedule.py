@@ -30,10 +30,11 @@ The tail guard (``tail_guard=True``; on in every run unless ``ParallelConfig.tai
 off; it changes DYNAMIC — and ADAPTIVE when that picks DYNAMIC — not the static strategies). With
 estimates that are only estimates, what a schedule loses at scale is its end. Without the guard
 DYNAMIC tops every worker up to its running task plus ``prefetch`` queued from the first message
-on, so the largest fragment and the second largest go to one worker; simulated for (H2O)64 4-body
-(679,120 fragments) on 65,536 workers with 30 % lognormal noise between estimate and time, the
-largest, under-estimated, ran 87 s, and the second, queued behind it, started only then and ran
-77 s more: makespan / LB 1.279. Stealing cannot help: nobody is idle that early. Two rules:
+on, so the large fragments go out in pairs, the second of each queued behind the first on one
+worker. Simulated for (H2O)64 4-body (679,120 fragments) on 65,536 workers with 30 % lognormal
+noise between estimate and time, the fragment that ended last was the 112th largest estimate
+(45 s): it waited 89 s behind its neighbour, then ran 92 s — makespan / LB 1.279. Stealing cannot
+help: nobody is idle that early. Two rules:
 
 * **Queue behind a worker only what will fit.** A task is queued behind the work a worker
   already holds only if all of it, at its upper quantile (estimate × ``risk``: the 90th

@@ -9,7 +9,9 @@ For N = 4, 8 and 16 workers, one ``mpiexec -n N+1`` world each, in the same run:
   lognormal noise). ``base`` is chosen per N so that the lower bound is about ``--lb`` seconds.
   Oversubscribed ranks are fine: the engine sleeps.
 * qcmb_hpc in MPI mode with each strategy: static (no stealing), static + stealing, dynamic
-  (no stealing), dynamic + stealing (the default), work_stealing, adaptive.
+  (no stealing), dynamic + stealing (the default), work_stealing, adaptive — each with the
+  defaults, so dynamic with its tail guard — and, side by side in the same world, dynamic +
+  stealing without the tail guard (the policy before it).
 * baselines on the same ranks: ``mpi4py.futures`` ``MPIPoolExecutor.map`` over the fragments in
   QCManyBody's plan order (``MPICommExecutor``; chunksize 1), and a static round-robin split
   (fragment i to worker i mod N, each worker runs its list in plan order). Their fragments are
@@ -27,7 +29,13 @@ workers forks a child per run and the fork's garbage collection (~0.1 s CPU each
 runs qcmb_hpc as a user's command line does — isolated fragments *and* a checkpoint journal, every
 result fsynced before it counts — against the same baselines (results ``scheduling_defaults*.json``).
 
-    python benchmarks/bench_scheduling.py [--workers 4,8,16] [--lb 4] [--isolate | --defaults]
+``--tail-guard`` is the side-by-side comparison of the tail guard alone: in each world, dynamic +
+stealing with and without the guard, alternating, ``--repeats`` (3) runs of each, no baselines;
+table of every run and the medians, JSON ``scheduling_tail_guard*.json`` (with ``--isolate`` or
+``--defaults``: ``scheduling_tail_guard_isolated*`` / ``_defaults*``). Target: with the guard no
+worse than without (median) at every N.
+
+    python benchmarks/bench_scheduling.py [--workers 4,8,16] [--lb 4] [--isolate | --defaults] [--tail-guard [--repeats 3]]
 """
 
 from __future__ import annotations
@@ -49,15 +57,25 @@ EXPONENT = 3.0
 NOISE = 0.25
 SEED = 11
 
-#: (label, load_balancing, work_stealing)
+#: (label, load_balancing, work_stealing, tail_guard)
 STRATEGIES = [
-    ("static", "static", False),
-    ("static+steal", "static", True),
-    ("dynamic", "dynamic", False),
-    ("dynamic+steal", "dynamic", True),
-    ("work_stealing", "work_stealing", True),
-    ("adaptive", "adaptive", True),
+    ("static", "static", False, True),
+    ("static+steal", "static", True, True),
+    ("dynamic", "dynamic", False, True),
+    ("dynamic+steal", "dynamic", True, True),
+    ("work_stealing", "work_stealing", True, True),
+    ("adaptive", "adaptive", True, True),
+    ("dynamic+steal, no tail guard", "dynamic", True, False),
 ]
+TAIL_GUARD_OFF, TAIL_GUARD_ON = "dynamic+steal, no tail guard", "dynamic+steal"
+
+
+def tail_guard_plan(repeats: int):
+    """``--tail-guard``: the default (dynamic + stealing + tail guard) and the same without the
+    guard, alternating (which goes first alternates too), ``repeats`` of each."""
+    off = next(s for s in STRATEGIES if s[0] == TAIL_GUARD_OFF)
+    on = next(s for s in STRATEGIES if s[0] == TAIL_GUARD_ON)
+    return [pair for k in range(repeats) for pair in ((off, on) if k % 2 == 0 else (on, off))]
 
 
 def sleep_keywords(base: float) -> dict:
@@ -134,9 +152,9 @@ def _child(comm, a: argparse.Namespace) -> None:
 
     runs = []
     energies = {}
-    for label, lb_strategy, steal in STRATEGIES:
+    for label, lb_strategy, steal, guard in tail_guard_plan(a.repeats) if a.tail_guard else STRATEGIES:
         comm.Barrier()
-        run_cfg = {**cfg, "load_balancing": lb_strategy, "work_stealing": steal}
+        run_cfg = {**cfg, "load_balancing": lb_strategy, "work_stealing": steal, "tail_guard": guard}
         if journal_dir is not None:  # as the command line runs: every result fsynced before it counts
             run_cfg["checkpoint"] = os.path.join(journal_dir, f"{label}.jsonl")
         comp = ParallelManyBodyComputer(inp, parallel_config=run_cfg)
@@ -156,6 +174,7 @@ def _child(comm, a: argparse.Namespace) -> None:
                     "kind": "qcmb_hpc",
                     "strategy": rep["strategy"],
                     "work_stealing": steal,
+                    "tail_guard": guard,
                     "makespan": out.makespan,
                     "lower_bound": lb,
                     "ratio": out.makespan / lb,
@@ -167,7 +186,7 @@ def _child(comm, a: argparse.Namespace) -> None:
                     "rank_correlation": rep["estimate_rank_correlation"],
                 }
             )
-            energies[label] = res.return_result
+            energies.setdefault(label, []).append(res.return_result)
             print(f"N={n} {label:>14}: makespan {out.makespan:.3f} s, LB {lb:.3f} s, ratio {out.makespan / lb:.3f}", flush=True)
 
     # baselines, on the same ranks
@@ -176,7 +195,7 @@ def _child(comm, a: argparse.Namespace) -> None:
         plan, plan_inputs, modelled = planned_sleeps(base)
     comm.Barrier()
     with MPICommExecutor(comm, root=0) as ex:
-        if ex is not None:
+        if ex is not None and not a.tail_guard:
             list(ex.map(baseline_fragment, plan_inputs[: n], chunksize=1))  # warm-up
             t0 = time.perf_counter()
             got = list(ex.map(baseline_fragment, plan_inputs, chunksize=1))
@@ -198,7 +217,7 @@ def _child(comm, a: argparse.Namespace) -> None:
             print(f"N={n} {'round-robin':>14}: makespan {makespan:.3f} s, LB {lb:.3f} s, ratio {makespan / lb:.3f}", flush=True)
 
     if rank == 0:
-        e = list(energies.values())
+        e = [x for v in energies.values() for x in v]
         common.write_json(
             f"{result_name(a)}_N{n}",
             {
@@ -215,8 +234,9 @@ def _child(comm, a: argparse.Namespace) -> None:
 
 
 def result_name(a) -> str:
-    """``scheduling``; ``scheduling_defaults`` with ``--defaults``; ``scheduling_isolated`` with ``--isolate``."""
-    return NAME + ("_defaults" if a.defaults else "_isolated" if a.isolate else "")
+    """``scheduling``; ``scheduling_defaults`` with ``--defaults``; ``scheduling_isolated`` with
+    ``--isolate``; ``scheduling_tail_guard[_defaults|_isolated]`` with ``--tail-guard``."""
+    return NAME + ("_tail_guard" if a.tail_guard else "") + ("_defaults" if a.defaults else "_isolated" if a.isolate else "")
 
 
 def summarize(ns, result: str = NAME) -> dict:
@@ -225,6 +245,7 @@ def summarize(ns, result: str = NAME) -> dict:
     for n in ns:
         per_n[n] = common.read_json(f"{result}_N{n}")
     names = [s[0] for s in STRATEGIES] + ["MPIPoolExecutor.map", "round-robin"]
+    names = [x for x in names if all(any(r["name"] == x for r in per_n[n]["runs"]) for n in ns)]  # (older results lack some)
     headers = ["strategy"] + [f"N={n}" for n in ns]
     rows = []
     for name in names:
@@ -247,10 +268,43 @@ def summarize(ns, result: str = NAME) -> dict:
             ratio = runs[name]["ratio"]
             targets[f"N={n} {name} <= 1.05"] = ratio <= 1.05
             targets[f"N={n} {name} better than both baselines"] = ratio < best_baseline
+        if TAIL_GUARD_OFF in runs:
+            targets[f"N={n} dynamic+steal with the tail guard no worse than without"] = (
+                runs[TAIL_GUARD_ON]["ratio"] <= runs[TAIL_GUARD_OFF]["ratio"]
+            )
         targets[f"N={n} same energy from every strategy"] = per_n[n]["energies_identical"]
     for k, v in targets.items():
         print(f"target {k}: {common.verdict(v)}")
     data = {"workers": list(ns), "per_n": {str(n): per_n[n] for n in ns}, "targets": targets}
+    common.write_json(result, data)
+    return data
+
+
+def summarize_tail_guard(ns, result: str) -> dict:
+    """``--tail-guard``: every run and the medians, with and without the guard; writes ``<result>.json``."""
+    import statistics
+
+    per_n = {n: common.read_json(f"{result}_N{n}") for n in ns}
+    rows, medians, targets = [], {}, {}
+    for n in ns:
+        ratio = {name: [r["ratio"] for r in per_n[n]["runs"] if r["name"] == name] for name in (TAIL_GUARD_OFF, TAIL_GUARD_ON)}
+        off, on = statistics.median(ratio[TAIL_GUARD_OFF]), statistics.median(ratio[TAIL_GUARD_ON])
+        medians[str(n)] = {"no_tail_guard": off, "tail_guard": on, "difference": on - off}
+        rows.append(
+            [n, " ".join(f"{x:.3f}" for x in ratio[TAIL_GUARD_OFF]), " ".join(f"{x:.3f}" for x in ratio[TAIL_GUARD_ON]), off, on, f"{on - off:+.3f}"]
+        )
+        targets[f"N={n} tail guard no worse than without (median of {len(ratio[TAIL_GUARD_ON])})"] = on <= off
+        targets[f"N={n} same energy from every run"] = per_n[n]["energies_identical"]
+    print(
+        common.table(
+            ["N", "no tail guard: each run", "tail guard: each run", "median, no guard", "median, guard", "difference"],
+            rows,
+            "dynamic + stealing, makespan / LB, with and without the tail guard (same world, alternating)",
+        )
+    )
+    for k, v in targets.items():
+        print(f"target {k}: {common.verdict(v)}")
+    data = {"workers": list(ns), "medians": medians, "per_n": {str(n): per_n[n] for n in ns}, "targets": targets}
     common.write_json(result, data)
     return data
 
@@ -265,6 +319,8 @@ def main(argv=None) -> int:
     p.add_argument(
         "--defaults", action="store_true", help="as a user runs it: isolated fragments and a checkpoint journal (fsynced)"
     )
+    p.add_argument("--tail-guard", action="store_true", help="only dynamic+steal with and without the tail guard, alternating")
+    p.add_argument("--repeats", type=int, default=3, help="with --tail-guard: runs of each")
     p.add_argument("--timeout", type=float, default=400, help="per mpiexec world, seconds")
     a = p.parse_args(argv)
     if a.child:
@@ -273,8 +329,12 @@ def main(argv=None) -> int:
     ns = common.parse_ints(a.workers)
     for n in ns:
         args = [f"--n={n}", f"--lb={a.lb}"] + (["--isolate"] if a.isolate else []) + (["--defaults"] if a.defaults else [])
+        args += ["--tail-guard", f"--repeats={a.repeats}"] if a.tail_guard else []
         common.launch(os.path.abspath(__file__), n + 1, args, a.timeout)
-    summarize(ns, result_name(a))
+    if a.tail_guard:
+        summarize_tail_guard(ns, result_name(a))
+    else:
+        summarize(ns, result_name(a))
     return 0
 
 

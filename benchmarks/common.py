@@ -19,7 +19,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-RESULTS = os.path.join(HERE, "results")
+#: where results go: benchmarks/results/, or ``QCMB_BENCH_RESULTS`` (smoke runs that must not replace them)
+RESULTS = os.environ.get("QCMB_BENCH_RESULTS") or os.path.join(HERE, "results")
 
 if REPO not in sys.path:
     sys.path.insert(0, REPO)

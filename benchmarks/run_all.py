@@ -9,7 +9,7 @@
 3. ``bench_nwchem.py`` — NWChem, 2 workers vs sequential QCManyBody                ~2 min
 4. ``bench_pyscf.py`` — PySCF (H2O)6 DF-MP2/cc-pVDZ, 2 workers (CLI cold, API warm) vs
    sequential QCManyBody, 3 repeats                                               ~10 min
-5. ``bench_simulation.py`` — predictions at 1k/16k/64k workers, and beside the runs of 1.
+5. ``bench_simulation.py`` — predictions at 1k/16k/64k workers (tail guard on and off), and beside the runs of 1.
    (pure Python, one core)                                                       ~5–10 min
 6. ``bench_eta.py`` — the cost-weighted ETA against a count-based one over simulated runs
    (fake clock: no machine timing)                                               ~10 s

@@ -295,6 +295,11 @@ class ParallelConfig:
         metavar="STRATEGY",
     )
     work_stealing: bool = _setting(True, _parse_bool, "idle workers take unstarted tasks from busy ones")
+    tail_guard: bool = _setting(
+        True,
+        _parse_bool,
+        "dynamic: order by each fragment's upper-quantile time and queue a fragment behind another only if both fit in the time left (see How work is scheduled)",
+    )
     retry_failed_fragments: bool = _setting(True, _parse_bool, "retry a failed fragment (on another worker)")
     max_retries: int = _setting(2, _parse_int(0), "retries per fragment after the first attempt", metavar="N")
     fallback_to_sequential: bool = _setting(

@@ -29,6 +29,7 @@ from .backoff import Backoff
 from . import transport as T
 from .checkpoint import Journal, fragment_record
 from .config import LoadBalanceStrategy
+from .cost import task_risk
 from .engine import FragmentOutcome
 from .plan import FragmentTask
 from .progress import ProgressTracker
@@ -100,11 +101,13 @@ class Coordinator:
         clock: Callable[[], float] = time.perf_counter,
         start_timeout: float = 600.0,
         previous: Optional[RunOutcome] = None,
+        tail_guard: bool = True,
     ):
         """``previous``: the outcome of a run this one continues (the sequential fallback after the
         parallel machinery broke): its results, attempts and failures carry over — a fragment that
         failed for good stays failed, retries count on — and the progress tracker goes on
-        where it was instead of starting again."""
+        where it was instead of starting again. ``tail_guard``: the scheduler's (see
+        :mod:`qcmb_hpc.schedule`), with the cost model's spread as its risk."""
         self.tasks = {t.id: t for t in tasks}
         self.endpoint = endpoint
         self.spec = spec
@@ -134,7 +137,9 @@ class Coordinator:
             self.out.properties[tid] = props
         todo = {t.id: t.cost for t in tasks if t.id not in restored and t.id not in self.out.failures}
         self.unresolved: Set[int] = set(todo)
-        self.scheduler = TaskDistributor(strategy, work_stealing).scheduler(todo, endpoint.workers, prefetch=prefetch or 1)
+        self.scheduler = TaskDistributor(strategy, work_stealing).scheduler(
+            todo, endpoint.workers, prefetch=prefetch or 1, tail_guard=tail_guard, risk=task_risk(cost_model, self.tasks)
+        )
         self.out.strategy = self.scheduler.strategy.value
         self.ready: Set[int] = set()
         self.live: Set[int] = set(endpoint.workers)

@@ -31,6 +31,21 @@ reestimate`: decided among the few (method, size) groups, not per fragment). :fu
 measures how well estimates ranked the real times; :attr:`CostModel.initial_estimates` keeps the
 estimates the run started with, for that measure.
 
+How far to trust an estimate: the spread of the log-residuals. Each fit also measures how far the
+measured times scatter around it — the standard deviation of ``log(measured / fitted)`` over the
+samples it was fitted to (history and this run, weighted as in the fit; degrees of freedom
+corrected for the one or two fitted parameters). :meth:`CostModel.spread` shrinks that towards
+:data:`DEFAULT_SPREAD` (0.3, as if the default were :data:`SPREAD_PRIOR_WEIGHT` samples), so a
+few lucky samples do not claim a precise model. Before any sample a key's spread is the default,
+0.3: what a user sees uncalibrated — the measured scheduling runs (``benchmarks/results/
+scheduling.json``: ``qcmb_sleep``, a lognormal 0.25 per fragment, and a sleep of ``atoms^3``
+where the model assumes ``nbf^3.5``) scatter by 0.30–0.35 around the default model (with the best
+prefactor; 0.24–0.25 around their own calibrated fit) — and the noise the simulation's
+predictions assume. :meth:`CostModel.risk` turns the spread into an upper-quantile
+factor, ``exp(z·spread)`` with ``z`` the 90th percentile of the normal distribution — a fragment
+estimated at ``c`` seconds takes at most ``c·risk`` nine times in ten — which the scheduler's tail
+guard uses (:mod:`qcmb_hpc.schedule`; :func:`task_risk` makes the per-task function it takes).
+
 The history file is a cache, never a reason for a run to fail: a missing file is an empty history;
 an unreadable or invalid one (not JSON, not a JSON object, not a ``qcmb_hpc-cost-history``) is a
 one-line warning and the run starts from the defaults, and :meth:`CostModel.save` then moves it
@@ -57,7 +72,7 @@ import re
 import time
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Deque, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
 
 from .checkpoint import write_atomically
 
@@ -77,6 +92,10 @@ __all__ = [
     "CostModel",
     "Fit",
     "fit_power_law",
+    "DEFAULT_SPREAD",
+    "upper_quantile",
+    "shrunk_spread",
+    "task_risk",
     "spearman",
     "merge_samples",
     "history_document",
@@ -206,11 +225,36 @@ def basis_functions(atomic_numbers: Iterable[int], basis: Optional[str]) -> floa
     return float(sum(_nbf_element(b, int(z)) for z in atomic_numbers))
 
 
+#: spread (standard deviation of the log-residuals) assumed for a key before it has samples
+DEFAULT_SPREAD = 0.3
+#: in :func:`shrunk_spread`, the default weighs as this many samples
+SPREAD_PRIOR_WEIGHT = 5.0
+#: the upper quantile the scheduler plans with: the 90th percentile of N(0, 1)
+RISK_Z = 1.2815515655446004
+
+
+def upper_quantile(spread: float, z: float = RISK_Z) -> float:
+    """The factor from an estimate to its upper quantile when log-residuals have standard deviation
+    ``spread``: ``exp(z·spread)`` (1 when the estimates are exact)."""
+    return math.exp(z * max(0.0, spread))
+
+
+def shrunk_spread(spread: Optional[float], dof: float, prior: float = DEFAULT_SPREAD, prior_weight: float = SPREAD_PRIOR_WEIGHT) -> float:
+    """A fit's residual spread measured with ``dof`` degrees of freedom, pooled (in variance) with
+    ``prior`` weighing ``prior_weight`` samples; ``prior`` when nothing was measured."""
+    if spread is None or dof <= 0:
+        return prior
+    return math.sqrt((prior_weight * prior**2 + dof * spread**2) / (prior_weight + dof))
+
+
 @dataclass
 class Fit:
     prefactor: float
     exponent: float
     n: int = 0  #: measurements behind it (0 = defaults)
+    #: standard deviation of log(measured / fitted) over the samples (None: too few to tell)
+    spread: Optional[float] = None
+    dof: float = 0.0  #: the (weighted) degrees of freedom behind ``spread``
 
     def __call__(self, x: float) -> float:
         return self.prefactor * max(x, 1.0) ** self.exponent
@@ -231,11 +275,19 @@ def fit_power_law(
     my = sum(p[1] * p[2] for p in pts) / sw
     sxx = sum(p[2] * (p[0] - mx) ** 2 for p in pts)
     b = default_exponent
+    fitted = 1  # parameters fitted to the samples: log a, and b when x spreads
     if n >= 3 and sxx > 0.05 * sw:  # x must spread by a few tens of percent
         b = sum(p[2] * (p[0] - mx) * (p[1] - my) for p in pts) / sxx
         b = min(8.0, max(0.5, b))
+        fitted = 2
     log_a = my - b * mx
-    return Fit(prefactor=math.exp(log_a), exponent=b, n=n)
+    # residual spread, with the degrees of freedom the fit used up (weighted: sw samples' worth)
+    dof = sw * (n - fitted) / n
+    spread = None
+    if dof > 0:
+        ss = sum(p[2] * (p[1] - log_a - b * p[0]) ** 2 for p in pts)
+        spread = math.sqrt(ss / dof)
+    return Fit(prefactor=math.exp(log_a), exponent=b, n=n, spread=spread, dof=dof if spread is not None else 0.0)
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> Optional[float]:
@@ -266,6 +318,27 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> Optional[float]:
     if va == 0 or vb == 0:
         return None
     return cov / math.sqrt(va * vb)
+
+
+def _reordered(old: Mapping[Any, float], new: Mapping[Any, float]) -> bool:
+    """Whether the values ``new`` order the keys of ``old`` differently (ties included)."""
+    keys = sorted(old, key=old.__getitem__)
+    for g1, g2 in zip(keys, keys[1:]):
+        o1, o2, n1, n2 = old[g1], old[g2], new[g1], new[g2]
+        if (o1 == o2) != (n1 == n2) or (o1 < o2 and not n1 < n2):
+            return True
+    return False
+
+
+def task_risk(cost_model: Any, tasks: Mapping[int, Any]) -> Callable[[int], float]:
+    """The per-task upper-quantile factor the scheduler's tail guard takes (task id → factor):
+    ``cost_model.risk`` of the task's model chemistry, or — without a cost model (the simulation
+    of bare cost lists) — every task :data:`DEFAULT_SPREAD`'s."""
+    risk = getattr(cost_model, "risk", None)
+    if risk is None:
+        factor = upper_quantile(DEFAULT_SPREAD)
+        return lambda tid: factor
+    return lambda tid: risk(tasks[tid].mc)
 
 
 Key = Tuple[str, str, str]  # (program, method, driver)
@@ -333,7 +406,7 @@ def history_document(samples: Mapping[str, Sequence[Sample]]) -> Dict[str, Any]:
         key = _str_key(kstr)
         fit = fit_power_law(lst, method_exponent(key[1], key[0]) if key else DEFAULT_EXPONENT)
         if fit:
-            fits[kstr] = {"prefactor": fit.prefactor, "exponent": fit.exponent, "n": fit.n}
+            fits[kstr] = {"prefactor": fit.prefactor, "exponent": fit.exponent, "n": fit.n, "spread": shrunk_spread(fit.spread, fit.dof)}
     return {"format": HISTORY_FORMAT, "version": 1, "fits": fits, "samples": {k: [list(s) for s in v] for k, v in samples.items()}}
 
 
@@ -422,6 +495,10 @@ class CostModel:
         self._nbf_1 = {b: [0.0] + v for b, v in self._frag_nbf.items()}
         #: (key, size) → the estimate last handed out for fragments of that group (see reestimate)
         self._issued: Dict[Tuple[Key, float], float] = {}
+        #: key → the risk factor in force when its estimates were last handed out
+        self._issued_risk: Dict[Key, float] = {}
+        self._risk: Dict[str, float] = {}  # mc → risk factor at revision _risk_revision
+        self._risk_revision = -1
         #: changes whenever a fit does (readers of :meth:`group_estimate` re-price on a change)
         self.revision = 0
         if history:
@@ -445,6 +522,23 @@ class CostModel:
     def estimate(self, mc: str, real: Sequence[int], basis_frags: Sequence[int]) -> float:
         return self.fit_for(self.keys[mc])(self.size(mc, real, basis_frags))
 
+    def spread(self, key: Key) -> float:
+        """The spread of ``key``'s log-residuals (see the module docstring): its fit's, shrunk
+        towards :data:`DEFAULT_SPREAD`; the default before the key has samples."""
+        fit = self.fits.get(key)
+        return shrunk_spread(fit.spread, fit.dof) if fit is not None else DEFAULT_SPREAD
+
+    def risk(self, mc: str) -> float:
+        """The upper-quantile factor of model chemistry ``mc``'s estimates (``exp(z·spread)``,
+        :func:`upper_quantile`); kept per revision (the scheduler asks once per task)."""
+        if self._risk_revision != self.revision:
+            self._risk = {}
+            self._risk_revision = self.revision
+        r = self._risk.get(mc)
+        if r is None:
+            r = self._risk[mc] = upper_quantile(self.spread(self.keys[mc]))
+        return r
+
     def group(self, task: Any) -> Tuple[Key, float]:
         """The pricing group of a FragmentTask: fragments of one group always get one estimate."""
         return (self.keys[task.mc], self.size(task.mc, task.real, task.basis))
@@ -466,7 +560,12 @@ class CostModel:
             out[t.id] = t.cost
         for tid, c in out.items():
             self.initial_estimates.setdefault(tid, c)
+        self._note_issued_risk()
         return out
+
+    def _note_issued_risk(self) -> None:
+        for key in {g[0] for g in self._issued}:
+            self._issued_risk[key] = upper_quantile(self.spread(key))
 
     def reestimate(self, tasks: Iterable[Any]) -> Optional[Dict[int, float]]:
         """After a :meth:`refit`: new estimates for ``tasks`` (FragmentTasks, also stored on them)
@@ -497,17 +596,18 @@ class CostModel:
         for g in issued:  # groups with nothing pending: keep their estimate current too
             if g not in fresh:
                 issued[g] = self.fit_for(g[0])(g[1])
+        self._note_issued_risk()
         return out
 
     def _order_changed(self) -> bool:
-        groups = sorted(self._issued, key=lambda g: self._issued[g])
-        new = {g: self.fit_for(g[0])(g[1]) for g in groups}
-        for g1, g2 in zip(groups, groups[1:]):
-            o1, o2 = self._issued[g1], self._issued[g2]
-            n1, n2 = new[g1], new[g2]
-            if (o1 == o2) != (n1 == n2) or (o1 < o2 and not n1 < n2):
-                return True
-        return False
+        """Whether a refit changed the order of the groups' estimates, or of their upper quantiles
+        (estimate × :meth:`risk` factor: the order the tail guard hands work out in)."""
+        issued, issued_risk = self._issued, self._issued_risk
+        new = {g: self.fit_for(g[0])(g[1]) for g in issued}
+        risk = {key: upper_quantile(self.spread(key)) for key in {g[0] for g in issued}}
+        old_rank = {g: c * issued_risk.get(g[0], 1.0) for g, c in issued.items()}
+        new_rank = {g: c * risk[g[0]] for g, c in new.items()}
+        return _reordered(issued, new) or _reordered(old_rank, new_rank)
 
     # -- calibration ------------------------------------------------------------------------------
     def observe(self, mc: str, real: Sequence[int], basis_frags: Sequence[int], seconds: float) -> bool:

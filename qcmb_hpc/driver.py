@@ -207,6 +207,7 @@ def _coordinator(plan, config, endpoint, spec, journal, restored, tracker, cost,
         cost_model=cost,
         grace_period=config.grace_period,
         previous=previous,
+        tail_guard=config.tail_guard,
     )
 
 

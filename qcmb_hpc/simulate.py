@@ -480,6 +480,7 @@ def simulate(
     cost_model: Any = None,
     reporter: Any = None,
     progress_interval: float = 0.5,
+    tail_guard: bool = True,
 ) -> SimResult:
     """Run the real coordinator over ``workers`` modelled workers.
 
@@ -491,7 +492,8 @@ def simulate(
     ``tasks``: objects with ``id`` (0..n-1), ``cost``, ``nbody``, ``mc``, ``real``, ``basis``,
     ``label`` (FragmentTasks) to run instead of tasks made from ``estimates`` (pass their costs as
     ``estimates``); ``cost_model`` observes and refits as in a real run; ``reporter`` gets the
-    progress events (tracker interval ``progress_interval`` fake seconds)."""
+    progress events (tracker interval ``progress_interval`` fake seconds). ``tail_guard``: the
+    scheduler's (:mod:`qcmb_hpc.schedule`; on, as in a run with the defaults)."""
     from .coordinator import Coordinator
     from .eta import ledger_for
     from .progress import ProgressTracker
@@ -541,6 +543,7 @@ def simulate(
         start_timeout=max(600.0, 10 * startup),
         cost_model=cost_model,
         tracker=tracker,
+        tail_guard=tail_guard,
     )
     del tasks
     # the run allocates millions of small objects and frees few: the cyclic collector would walk
@@ -580,6 +583,7 @@ def simulate(
             noise=noise,
             seed=seed,
             work_stealing=work_stealing,
+            tail_guard=tail_guard,
             prefetch=prefetch,
             latency=latency,
             jitter=jitter,
@@ -611,6 +615,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--spread", type=float, default=0.35, help="lognormal spread of the estimates across fragments")
     p.add_argument("--noise", type=float, default=0.3, help="lognormal noise of the actual time against the estimate")
     p.add_argument("--strategies", nargs="+", default=["dynamic", "work_stealing"])
+    p.add_argument("--no-tail-guard", dest="tail_guard", action="store_false", help="the scheduler without its tail guard")
     p.add_argument("--latency", type=float, default=8e-6)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write the results here")
@@ -622,7 +627,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"{'workers':>8} {'strategy':>14} {'makespan':>10} {'LB':>10} {'ratio':>6} {'steals':>7} {'sim s':>7}")
     for w in a.workers:
         for s in a.strategies:
-            r = simulate(est, w, actual=act, strategy=s, latency=a.latency, seed=a.seed, nbody=nb)
+            r = simulate(est, w, actual=act, strategy=s, latency=a.latency, seed=a.seed, nbody=nb, tail_guard=a.tail_guard)
             rows.append(r.to_dict())
             print(f"{w:>8} {r.strategy:>14} {r.makespan:>10.2f} {r.lower_bound:>10.2f} {r.ratio:>6.3f} {r.steals:>7} {r.sim_seconds:>7.1f}")
             sys.stdout.flush()

@@ -35,10 +35,24 @@ def test_equal_tasks_exact(strategy):
 @pytest.mark.parametrize("strategy", [S.DYNAMIC, S.WORK_STEALING, S.STATIC])
 def test_equal_tasks_latency_adds_only_round_trips(strategy):
     lat = 1e-3
-    r = simulate([1.0] * 32, 4, strategy=strategy, latency=lat, send_cost=0, recv_cost=0, item_cost=0, wake="event")
+    r = simulate([1.0] * 32, 4, strategy=strategy, latency=lat, send_cost=0, recv_cost=0, item_cost=0, wake="event", tail_guard=False)
     check_complete(r)
     # READY, first TASKS, last RESULTS, STOP/BYE: a few one-way latencies on top of the 8 s of work
     assert 8.0 < r.makespan < 8.0 + 10 * lat
+
+
+def test_tail_guard_costs_a_few_round_trips_per_worker():
+    """The tail guard gives each worker its last few tasks one at a time: each of those waits one
+    round trip (2 latencies), a few per worker — not one per task."""
+    lat = 1e-3
+    kw = dict(latency=lat, send_cost=0, recv_cost=0, item_cost=0, wake="event")
+    off = simulate([1.0] * 32, 4, tail_guard=False, **kw)
+    on = simulate([1.0] * 32, 4, tail_guard=True, **kw)
+    check_complete(on)
+    extra_round_trips = (on.makespan - off.makespan) / (2 * lat)
+    assert 1 <= extra_round_trips <= 5
+    long = simulate([1.0] * 400, 4, tail_guard=True, **kw)  # 100 tasks each: still only the last few
+    assert long.makespan - 100.0 < 10 * lat + 5 * 2 * lat
 
 
 @pytest.mark.parametrize("strategy", [S.DYNAMIC, S.WORK_STEALING])

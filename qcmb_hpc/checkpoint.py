@@ -190,6 +190,7 @@ class Journal:
         self.lines = lines or {}  #: label → the line its record is on (to name it in a later error)
         self.torn = torn
         self.written = 0
+        self.seconds = 0.0  #: spent in :meth:`append` (writing, flushing, fsyncing): the report's ``journal_writes``
 
     # ------------------------------------------------------------------------------------------
     @classmethod
@@ -261,6 +262,7 @@ class Journal:
     # ------------------------------------------------------------------------------------------
     def append(self, records: Iterable[Dict[str, Any]]) -> int:
         """Write records, flush and fsync (one fsync per batch). Returns how many were written."""
+        t0 = time.perf_counter()
         lines = [json.dumps(r, separators=(",", ":")) + "\n" for r in records]
         if not lines:
             return 0
@@ -268,6 +270,7 @@ class Journal:
         self._fh.flush()
         os.fsync(self._fh.fileno())
         self.written += len(lines)
+        self.seconds += time.perf_counter() - t0
         return len(lines)
 
     def close(self) -> None:

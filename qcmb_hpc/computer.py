@@ -18,6 +18,7 @@ from qcmanybody.v2 import ManyBodyComputer
 
 from .config import ParallelConfig, config_from_environment
 from .errors import FragmentExecutionError, IncompleteRunError, InputDataError
+from .gcpause import paused_gc
 from .plan import KEYWORD_FIELDS, Plan, make_plan
 from .progress import ProgressReporter
 from .report import Phases, peak_rss, run_report
@@ -183,8 +184,12 @@ class ParallelManyBodyComputer(ManyBodyComputer):
         """The v2 ``ManyBodyResult`` from a run's outcome (QCManyBody's ``analyze`` and
         ``get_results``, on the fragments in plan order), with the run report in :attr:`run_info`;
         a failed or stopped run raises (:class:`FragmentExecutionError`, :class:`IncompleteRunError`)."""
-        config: ParallelConfig = self.parallel_config
         phases = getattr(info, "phases", None) or Phases()
+        with paused_gc():  # (the report and QCManyBody's analyze: ~10^6 long-lived objects at scale)
+            return self._assemble(plan, outcome, atomic, info, phases)
+
+    def _assemble(self, plan: Plan, outcome: Any, atomic: Dict[int, Any], info: Any, phases: Phases):
+        config: ParallelConfig = self.parallel_config
         with phases("report"):
             report = run_report(
                 outcome, plan.tasks, info.workers, info.mode, info.wall, initial_costs=info.initial_costs,

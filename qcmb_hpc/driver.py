@@ -252,13 +252,13 @@ def open_journal(config: ParallelConfig, plan: Any, fresh: bool = False) -> Tupl
         return None, {}, {}
     try:
         journal = Journal.open(
-            config.checkpoint, plan.fingerprint, fresh=fresh, fragments=len(plan.tasks), info=plan_totals(plan.tasks)
+            config.checkpoint, plan.fingerprint, fresh=fresh, fragments=len(plan.tasks), info=lambda: plan_totals(plan.tasks)
         )
     except JournalError as exc:
         raise InputDataError(str(exc)) from None
     except OSError as exc:
         raise InputDataError(f"checkpoint {config.checkpoint}: {exc.strerror or exc}") from None
-    by_label = {t.label: t.id for t in plan.tasks}
+    by_label = {t.label: t.id for t in plan.tasks} if journal.restored else {}
     restored: Dict[int, Dict[str, Any]] = {}
     atomic: Dict[int, Any] = {}
     for label, rec in journal.restored.items():
@@ -270,6 +270,7 @@ def open_journal(config: ParallelConfig, plan: Any, fresh: bool = False) -> Tupl
             from qcelemental.models.v2 import AtomicResult
 
             atomic[tid] = AtomicResult(**rec["atomic_result"])
+    journal.release()  # (taken: the records need not stay in memory through the run)
     if journal.torn:
         logger.warning("checkpoint %s ended in a torn record (killed mid-write): that fragment is recomputed", journal.path)
     if restored:
@@ -311,6 +312,7 @@ def prepare(plan: Any, config: ParallelConfig, fresh: bool, phases: Any = None) 
     """What every run does before its coordinator starts: the user's modules, a check that every
     program is there, cost estimates, and the journal with what it restores (timed into
     ``phases``, a :class:`~qcmb_hpc.report.Phases`)."""
+    from .gcpause import paused_gc
     from .loading import import_modules
     from .report import Phases
 
@@ -318,8 +320,9 @@ def prepare(plan: Any, config: ParallelConfig, fresh: bool, phases: Any = None) 
     with phases("planning"):
         import_modules(config.imports)
         check_programs(plan)
-    with phases("estimates"):
-        cost = estimate_costs(plan, config)
-    with phases("journal"):
-        journal, restored, atomic = open_journal(config, plan, fresh=fresh)
+    with paused_gc():  # (a dict per task, per restored record: see qcmb_hpc.gcpause)
+        with phases("estimates"):
+            cost = estimate_costs(plan, config)
+        with phases("journal"):
+            journal, restored, atomic = open_journal(config, plan, fresh=fresh)
     return cost, journal, restored, atomic

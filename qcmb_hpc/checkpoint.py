@@ -156,15 +156,15 @@ def _kind(v: Any) -> str:
     return type(v).__name__
 
 
-def check_record(obj: Dict[str, Any]) -> None:
+def check_record(obj: Dict[str, Any]) -> Dict[str, Any]:
     """Raise ``ValueError`` (saying what is wrong) unless ``obj`` is a fragment record as the
     coordinator writes it: ``label`` a string, ``properties`` decodable, ``atomic_result`` (when
-    there) null or a valid ``AtomicResult``."""
+    there) null or a valid ``AtomicResult``. Returns the decoded properties."""
     if "label" not in obj or "properties" not in obj:
         raise ValueError("record without label/properties")
     if not isinstance(obj["label"], str) or not obj["label"]:
         raise ValueError(f"label is {_kind(obj['label'])}, not a fragment label")
-    decode_properties(obj["properties"])
+    properties = decode_properties(obj["properties"])
     atomic = obj.get("atomic_result")
     if atomic is not None:
         if not isinstance(atomic, dict):
@@ -180,6 +180,7 @@ def check_record(obj: Dict[str, Any]) -> None:
             first = exc.errors()[0] if exc.errors() else {}
             where = ".".join(str(x) for x in first.get("loc", ())) or "?"
             raise ValueError(f"atomic_result is not a valid AtomicResult ({where}: {first.get('msg', 'invalid')})") from None
+    return properties
 
 
 @dataclass
@@ -194,9 +195,10 @@ class Journal:
     def __init__(self, path: str, fh: Any, restored: Dict[str, Dict[str, Any]], torn: bool, lines: Optional[Dict[str, int]] = None):
         self.path = path
         self._fh = fh
-        #: label → what resuming reads of its record (``label``, ``properties``, ``atomic_result``
-        #: when there is one; checked with :func:`check_record`). The other fields are left out:
-        #: a resume from 600k records would otherwise hold ~400 MB of them through the run.
+        #: label → what resuming reads of its record: ``label``, ``properties`` (decoded, as
+        #: :func:`decode_properties` gives them), ``atomic_result`` when there is one; checked with
+        #: :func:`check_record`. The other fields are left out: a resume from 600k records would
+        #: otherwise hold ~400 MB of them through the run.
         self.restored = restored
         self.lines = lines or {}  #: label → the line its record is on (to name it in a later error)
         self.torn = torn
@@ -268,14 +270,14 @@ class Journal:
                         )
                     continue
                 try:
-                    check_record(obj)
+                    properties = check_record(obj)
                 except ValueError as exc:
                     # valid JSON is a complete write: a record of the wrong shape is damage, even last
                     raise JournalError(f"checkpoint {path} is corrupt at line {lineno}: {exc}") from None
                 label = obj["label"]
                 atomic = obj.get("atomic_result")
-                records[label] = {"label": label, "properties": obj["properties"]} if atomic is None else \
-                    {"label": label, "properties": obj["properties"], "atomic_result": atomic}
+                records[label] = {"label": label, "properties": properties} if atomic is None else \
+                    {"label": label, "properties": properties, "atomic_result": atomic}
                 where[label] = lineno
         if not state.seen:  # an empty file (or only whitespace)
             return {}, None, False, {}

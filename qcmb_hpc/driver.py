@@ -82,11 +82,15 @@ def run(computer: Any, fresh: bool = False, broadcast_result: bool = True, confi
             except BaseException as exc:
                 pool.fail("reading the input", exc)
                 raise
-        return _coordinate(computer, config, pool, pools, fresh, fell_back, broadcast_result)
+        from .gcpause import run_scope
+
+        with run_scope():
+            return _coordinate(computer, config, pool, pools, fresh, fell_back, broadcast_result)
 
 
 def _coordinate(computer: Any, config: ParallelConfig, pool: Any, pools: Any, fresh: bool, fell_back: Optional[str],
                 broadcast_result: bool) -> Any:
+    from . import gcpause
     from .progress import make_reporter, run_tracker
     from .report import Phases, without_attempts
     from .resources import ResourceManager
@@ -94,10 +98,12 @@ def _coordinate(computer: Any, config: ParallelConfig, pool: Any, pools: Any, fr
     t0, started = time.perf_counter(), time.time()
     phases = Phases()  # (the run report's phases: where the time goes)
     try:
-        with phases("planning"):
+        # (the plan, the restored results, the tracker: built without the collector and never
+        # traversed by it during the run, see qcmb_hpc.gcpause)
+        with phases("planning"), gcpause.paused_gc(freeze=True):
             plan = computer.build_plan()
         cost, journal, restored, atomic = prepare(plan, config, fresh, phases)
-        with phases("setup"):
+        with phases("setup"), gcpause.paused_gc(freeze=True):
             todo = len(plan.tasks) - len(restored)
             resources = ResourceManager(config)
             if todo == 0 and pool.can_fall_back:  # nothing to run: no worker processes to start
@@ -246,7 +252,7 @@ def check_programs(plan: Any) -> None:
 def open_journal(config: ParallelConfig, plan: Any, fresh: bool = False) -> Tuple[Any, Dict[int, Dict[str, Any]], Dict[int, Any]]:
     """The journal (None without ``config.checkpoint``) and what it restores: task id → properties,
     and task id → AtomicResult (only when the input keeps cluster results)."""
-    from .checkpoint import Journal, JournalError, decode_properties, plan_totals
+    from .checkpoint import Journal, JournalError, plan_totals
 
     if not config.checkpoint:
         return None, {}, {}
@@ -265,7 +271,7 @@ def open_journal(config: ParallelConfig, plan: Any, fresh: bool = False) -> Tupl
         tid = by_label.get(label)
         if tid is None:
             continue
-        restored[tid] = decode_properties(rec["properties"])
+        restored[tid] = rec["properties"]  # (decoded as the journal was read)
         if plan.keep_atomic_results and rec.get("atomic_result") is not None:
             from qcelemental.models.v2 import AtomicResult
 
@@ -320,7 +326,7 @@ def prepare(plan: Any, config: ParallelConfig, fresh: bool, phases: Any = None) 
     with phases("planning"):
         import_modules(config.imports)
         check_programs(plan)
-    with paused_gc():  # (a dict per task, per restored record: see qcmb_hpc.gcpause)
+    with paused_gc(freeze=True):  # (a dict per task, per restored record: see qcmb_hpc.gcpause)
         with phases("estimates"):
             cost = estimate_costs(plan, config)
         with phases("journal"):

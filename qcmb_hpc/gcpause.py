@@ -1,12 +1,20 @@
-"""One helper: the cyclic garbage collector paused while a bulk of long-lived objects is built.
+"""One helper: the cyclic garbage collector kept off what a run builds in bulk.
 
-Building the ~680k tasks of a large expansion (or the dicts of the results, or QCManyBody's
-``analyze`` on them) allocates millions of containers that live to the end of the run. CPython's
-collector runs a young collection every 700 allocations and a full one whenever the long-lived
-objects grew by a quarter, each traversing everything tracked: measured at (H2O)64 4-body,
-planning took 12.1 s with it and 6.2 s without. Nothing built in such a phase is cyclic garbage,
-so pausing it loses nothing; whatever cyclic garbage other code leaves meanwhile is collected by
-the first collection after the pause.
+Building the ~680k tasks of a large expansion (the restored results, the tracker's tables, the
+dicts of QCManyBody's ``analyze``) allocates millions of containers that live to the end of the
+run. CPython's collector runs a young collection every 700 allocations and a full one whenever
+the long-lived objects grew by a quarter, each traversing everything tracked: at (H2O)64 4-body,
+planning took 12.1 s with it and 6.2 s without, and one full collection after it 2.5 s. Nothing
+built in such a phase is cyclic garbage, so pausing the collector loses nothing (what cyclic
+garbage other code leaves meanwhile is collected by the first collection after the pause).
+
+``paused_gc(freeze=True)`` also moves what exists to the collector's permanent generation at the
+end of the block (``gc.freeze``), so that neither the next young collection (which would traverse
+everything allocated during the pause) nor any later full one — the loop's own long-lived growth
+triggers several — looks at it again; processes forked from a frozen heap (workers) do not touch
+it either. Objects freed by their reference counts are freed as ever; only cyclic garbage made
+before the freeze waits for the end of the :func:`run_scope` around the run, which unfreezes
+(unless something outside it had frozen objects already: those are left as they were).
 """
 
 from __future__ import annotations
@@ -15,16 +23,31 @@ import contextlib
 import gc
 from typing import Iterator
 
-__all__ = ["paused_gc"]
+__all__ = ["paused_gc", "run_scope"]
 
 
 @contextlib.contextmanager
-def paused_gc() -> Iterator[None]:
-    """The collector off for the block (nested blocks are fine: the outermost turns it back on)."""
+def paused_gc(freeze: bool = False) -> Iterator[None]:
+    """The collector off for the block (nested blocks are fine: the outermost turns it back on);
+    ``freeze``: what exists at its end goes to the permanent generation (see the module docstring)."""
     was = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
+        if freeze:
+            gc.freeze()
         if was:
             gc.enable()
+
+
+@contextlib.contextmanager
+def run_scope() -> Iterator[None]:
+    """Around a run that freezes: what it froze goes back under the collector when it ends,
+    however it ends."""
+    before = gc.get_freeze_count()
+    try:
+        yield
+    finally:
+        if before == 0:
+            gc.unfreeze()

@@ -64,31 +64,34 @@ class FragmentTask:
 
 def iterate_labels(core: ManyBodyCore) -> Iterator[Tuple[str, str, Tuple[int, ...], Tuple[int, ...]]]:
     """``(mc, label, real, basis)`` in exactly the order of ``core.iterate_molecules()``, without
-    building any molecule (the same loop over ``core.compute_map``: the first time a fragment is
+    building any molecule (the same loop over ``core.compute_map``: each fragment where it is first
     met). Duplicates are found on the index tuples themselves — the label encodes exactly
     ``(mc, real, basis)`` — so a label is made once per fragment, not once per occurrence."""
-    for mc, compute_dict in core.compute_map.items():
+    for mc, pairs in _first_occurrences(core):
         label_of = fast_labeler(mc)
-        done: set = set()
+        for real, basis in pairs:
+            yield mc, label_of(real, basis), tuple(real), tuple(basis)
+
+
+def _first_occurrences(core: ManyBodyCore) -> Iterator[Tuple[str, List[Tuple[Any, Any]]]]:
+    """Per model chemistry, its ``(real, basis)`` pairs in the order ``iterate_molecules`` first
+    meets them (each n-body list of ``compute_map[mc]["all"]`` repeats the lower ones)."""
+    for mc, compute_dict in core.compute_map.items():
+        seen: set = set()
+        pairs: List[Tuple[Any, Any]] = []
         for compute_list in compute_dict["all"].values():
-            for pair in compute_list:
-                if pair in done:
-                    continue
-                done.add(pair)
-                real, basis = pair
-                label = label_of(real, basis)
-                if len(done) == 1 and label != labeler(mc, real, basis):  # pragma: no cover - QCManyBody changed its labels
-                    label_of = functools.partial(labeler, mc)
-                    label = label_of(real, basis)
-                yield mc, label, tuple(real), tuple(basis)
+            new = [p for p in compute_list if p not in seen]
+            seen.update(new)
+            pairs.extend(new)
+        yield mc, pairs
 
 
 def fast_labeler(mc: str) -> Callable[[Tuple[int, ...], Tuple[int, ...]], str]:
     """QCManyBody's ``labeler(mc, real, basis)`` — ``json.dumps([str(mc), real, basis])`` — for one
     model chemistry, without a JSON encoder per call: ``json.dumps`` of a tuple of ints is their
-    ``repr`` joined by ", " in brackets, so only the model chemistry needs JSON's quoting, once
-    (2.3 s instead of 3.8 s for 679,120 labels; :func:`iterate_labels` checks it against
-    ``labeler`` on each model chemistry's first fragment)."""
+    ``repr`` joined by ", " in brackets, so only the model chemistry needs JSON's quoting, once.
+    Checked against ``labeler`` on a fragment: if QCManyBody's labels ever differ, its own
+    function is returned."""
     head = "[" + json.dumps(str(mc)) + ", ["
     rep = int.__repr__
 
@@ -97,20 +100,27 @@ def fast_labeler(mc: str) -> Callable[[Tuple[int, ...], Tuple[int, ...]], str]:
         b = r if basis == real else ", ".join(map(rep, basis))
         return f"{head}{r}], [{b}]]"
 
+    if label_of((1, 2), (1, 2, 3)) != labeler(mc, (1, 2), (1, 2, 3)):  # pragma: no cover
+        return functools.partial(labeler, mc)
     return label_of
 
 
 def build_tasks(core: ManyBodyCore) -> List[FragmentTask]:
-    """All fragment tasks of a plan, in QCManyBody's order, with atom counts filled in."""
-    sizes = core.fragment_size_dict
-    size = sizes.__getitem__
-    tasks = []
+    """All fragment tasks of a plan, in QCManyBody's order (:func:`iterate_labels`, written out
+    here: ~680k tasks at (H2O)64 4-body, where each call per task shows), with atom counts."""
+    size = core.fragment_size_dict.__getitem__
+    tasks: List[FragmentTask] = []
     append = tasks.append
+    i = 0
     with paused_gc():  # (hundreds of thousands of long-lived objects: see qcmb_hpc.gcpause)
-        for i, (mc, label, real, basis) in enumerate(iterate_labels(core)):
-            nreal = sum(map(size, real))
-            nbasis = nreal if basis == real else sum(map(size, basis))
-            append(FragmentTask(i, label, mc, real, basis, nreal, nbasis - nreal))
+        for mc, pairs in _first_occurrences(core):
+            label_of = fast_labeler(mc)
+            for real, basis in pairs:
+                real, basis = tuple(real), tuple(basis)
+                nreal = sum(map(size, real))
+                nghost = 0 if basis == real else sum(map(size, basis)) - nreal
+                append(FragmentTask(i, label_of(real, basis), mc, real, basis, nreal, nghost))
+                i += 1
     return tasks
 
 

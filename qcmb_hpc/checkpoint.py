@@ -42,14 +42,16 @@ versions, and a reader sees the old file or the new one, never a part.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import io
 import json
 import os
 import socket
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -66,6 +68,7 @@ __all__ = [
     "label_parts",
     "number",
     "parse_lines",
+    "iter_lines",
     "scan",
     "JournalScanner",
     "heartbeat_path",
@@ -102,10 +105,15 @@ def decode_properties(data: Dict[str, Any]) -> Dict[str, Any]:
     holds) is a ``ValueError`` naming the property."""
     if not isinstance(data, dict):
         raise ValueError(f"properties is {_kind(data)}, not an object")
+    if set(map(type, data.values())) == _FLOATS:  # (the usual record: energies; read 600k times on a resume)
+        return dict(data)
     out: Dict[str, Any] = {}
     for k, v in data.items():
         out[k] = _decode_value(k, v)
     return out
+
+
+_FLOATS = {float}
 
 
 def _decode_value(key: str, v: Any) -> Any:
@@ -148,15 +156,15 @@ def _kind(v: Any) -> str:
     return type(v).__name__
 
 
-def check_record(obj: Dict[str, Any]) -> None:
+def check_record(obj: Dict[str, Any]) -> Dict[str, Any]:
     """Raise ``ValueError`` (saying what is wrong) unless ``obj`` is a fragment record as the
     coordinator writes it: ``label`` a string, ``properties`` decodable, ``atomic_result`` (when
-    there) null or a valid ``AtomicResult``."""
+    there) null or a valid ``AtomicResult``. Returns the decoded properties."""
     if "label" not in obj or "properties" not in obj:
         raise ValueError("record without label/properties")
     if not isinstance(obj["label"], str) or not obj["label"]:
         raise ValueError(f"label is {_kind(obj['label'])}, not a fragment label")
-    decode_properties(obj["properties"])
+    properties = decode_properties(obj["properties"])
     atomic = obj.get("atomic_result")
     if atomic is not None:
         if not isinstance(atomic, dict):
@@ -172,6 +180,7 @@ def check_record(obj: Dict[str, Any]) -> None:
             first = exc.errors()[0] if exc.errors() else {}
             where = ".".join(str(x) for x in first.get("loc", ())) or "?"
             raise ValueError(f"atomic_result is not a valid AtomicResult ({where}: {first.get('msg', 'invalid')})") from None
+    return properties
 
 
 @dataclass
@@ -186,19 +195,25 @@ class Journal:
     def __init__(self, path: str, fh: Any, restored: Dict[str, Dict[str, Any]], torn: bool, lines: Optional[Dict[str, int]] = None):
         self.path = path
         self._fh = fh
-        self.restored = restored  #: label → record (checked with :func:`check_record`)
+        #: label → what resuming reads of its record: ``label``, ``properties`` (decoded, as
+        #: :func:`decode_properties` gives them), ``atomic_result`` when there is one; checked with
+        #: :func:`check_record`. The other fields are left out: a resume from 600k records would
+        #: otherwise hold ~400 MB of them through the run.
+        self.restored = restored
         self.lines = lines or {}  #: label → the line its record is on (to name it in a later error)
         self.torn = torn
         self.written = 0
+        self.seconds = 0.0  #: spent in :meth:`append` (writing, flushing, fsyncing): the report's ``journal_writes``
 
     # ------------------------------------------------------------------------------------------
     @classmethod
     def open(
-        cls, path: str, fingerprint: str, *, fresh: bool = False, fragments: int = 0, info: Optional[Dict[str, Any]] = None
+        cls, path: str, fingerprint: str, *, fresh: bool = False, fragments: int = 0, info: Any = None
     ) -> "Journal":
         """Open ``path`` for this input. An existing journal for the same input is read (its records
         are in ``.restored``); one for another input raises :class:`JournalMismatch` unless ``fresh``,
-        which replaces it. ``info`` goes into a new journal's header (:func:`plan_totals`)."""
+        which replaces it. ``info`` (or what calling it gives: it is called only when a new journal
+        is started) goes into a new journal's header (:func:`plan_totals`)."""
         path = os.path.abspath(path)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         restored: Dict[str, Dict[str, Any]] = {}
@@ -220,7 +235,7 @@ class Journal:
                 "fragments": fragments,
                 "pid": os.getpid(),
                 "host": socket.gethostname(),
-                **(info or {}),
+                **((info() if callable(info) else info) or {}),
             }
             write_atomically(path, json.dumps(header) + "\n")
         fh = open(path, "a")
@@ -228,39 +243,60 @@ class Journal:
 
     @staticmethod
     def _read(path: str, fingerprint: str) -> Tuple[Dict[str, Dict[str, Any]], Optional[int], bool, Dict[str, int]]:
-        with open(path, "rb") as fh:
-            data = fh.read()
-        if not data.strip():
-            return {}, None, False, {}
-        parsed, good, torn = parse_lines(data, path)
+        try:
+            return Journal._read_lines(path, fingerprint)
+        except JournalError:
+            with open(path, "rb") as fh:
+                if not fh.read().strip():  # only whitespace: an empty journal, not a damaged one
+                    return {}, None, False, {}
+            raise
+
+    @staticmethod
+    def _read_lines(path: str, fingerprint: str) -> Tuple[Dict[str, Dict[str, Any]], Optional[int], bool, Dict[str, int]]:
         records: Dict[str, Dict[str, Any]] = {}
         where: Dict[str, int] = {}
-        for lineno, obj in parsed:
-            if lineno == 1:
-                if obj.get("format") != FORMAT:
-                    raise JournalError(f"checkpoint {path} is not a qcmb_hpc journal (line 1)")
-                if obj.get("fingerprint") != fingerprint:
-                    raise JournalMismatch(
-                        f"checkpoint {path} belongs to a different input (fingerprint differs); "
-                        "use --fresh to discard it or --checkpoint to choose another file"
-                    )
-            else:
+        state = _Pass()
+        with open(path, "rb") as fh:
+            # line by line, each record slimmed as it is read: the whole file and every full
+            # record at once would be ~1 GB at 600k records
+            for lineno, obj in iter_lines(fh, path, 1, state):
+                if lineno == 1:
+                    if obj.get("format") != FORMAT:
+                        raise JournalError(f"checkpoint {path} is not a qcmb_hpc journal (line 1)")
+                    if obj.get("fingerprint") != fingerprint:
+                        raise JournalMismatch(
+                            f"checkpoint {path} belongs to a different input (fingerprint differs); "
+                            "use --fresh to discard it or --checkpoint to choose another file"
+                        )
+                    continue
                 try:
-                    check_record(obj)
+                    properties = check_record(obj)
                 except ValueError as exc:
                     # valid JSON is a complete write: a record of the wrong shape is damage, even last
                     raise JournalError(f"checkpoint {path} is corrupt at line {lineno}: {exc}") from None
-                records[obj["label"]] = obj
-                where[obj["label"]] = lineno
-        if good == 0:  # not even a header
-            if torn:
+                label = obj["label"]
+                atomic = obj.get("atomic_result")
+                records[label] = {"label": label, "properties": properties} if atomic is None else \
+                    {"label": label, "properties": properties, "atomic_result": atomic}
+                where[label] = lineno
+        if not state.seen:  # an empty file (or only whitespace)
+            return {}, None, False, {}
+        if state.good == 0:  # not even a header
+            if state.torn:
                 return {}, None, True, {}
             raise JournalError(f"checkpoint {path} is corrupt at line 1: no header")
-        return records, good, torn, where
+        return records, state.good, state.torn, where
+
+    def release(self) -> None:
+        """Forget what was read (the run has taken what it needs): a resume's records need not
+        stay in memory through the run and its assembly."""
+        self.restored = {}
+        self.lines = {}
 
     # ------------------------------------------------------------------------------------------
     def append(self, records: Iterable[Dict[str, Any]]) -> int:
         """Write records, flush and fsync (one fsync per batch). Returns how many were written."""
+        t0 = time.perf_counter()
         lines = [json.dumps(r, separators=(",", ":")) + "\n" for r in records]
         if not lines:
             return 0
@@ -268,6 +304,7 @@ class Journal:
         self._fh.flush()
         os.fsync(self._fh.fileno())
         self.written += len(lines)
+        self.seconds += time.perf_counter() - t0
         return len(lines)
 
     def close(self) -> None:
@@ -358,19 +395,20 @@ def fragment_record(
 
 def plan_totals(tasks: Iterable[Any]) -> Dict[str, Any]:
     """Per n-body level and per model chemistry: ``{"fragments": n, "estimate": initial estimated
-    cost}`` (keys are strings, as JSON has them), and the whole ``estimate``."""
+    cost}`` (keys are strings, as JSON has them), and the whole ``estimate``. (Counted per (level,
+    model chemistry, estimate) — a handful of groups — rather than row by row per fragment.)"""
+    groups = collections.Counter((t.nbody, t.mc, float(t.cost)) for t in tasks)
     levels: Dict[str, Dict[str, float]] = {}
     mcs: Dict[str, Dict[str, float]] = {}
     total = 0.0
-    for t in tasks:
-        c = float(t.cost)
-        total += c
-        for table, key in ((levels, str(t.nbody)), (mcs, str(t.mc))):
+    for (nbody, mc, c), n in groups.items():
+        total += c * n
+        for table, key in ((levels, str(nbody)), (mcs, str(mc))):
             row = table.get(key)
             if row is None:
                 row = table[key] = {"fragments": 0, "estimate": 0.0}
-            row["fragments"] += 1
-            row["estimate"] += c
+            row["fragments"] += n
+            row["estimate"] += c * n
     return {"estimate": total, "levels": levels, "model_chemistries": mcs}
 
 
@@ -399,31 +437,77 @@ def number(obj: Any, key: str) -> Optional[float]:
 # ------------------------------------------------------------------------------------------------
 
 
+class _Pass:
+    """How far one pass of :func:`iter_lines` got: bytes up to the end of the last good line,
+    whether the end was torn, whether anything but whitespace was seen."""
+
+    __slots__ = ("good", "torn", "seen")
+
+    def __init__(self) -> None:
+        self.good = 0
+        self.torn = False
+        self.seen = False
+
+
+def iter_lines(lines: Iterable[bytes], path: str, first_lineno: int, state: _Pass) -> Iterator[Tuple[int, Dict[str, Any]]]:
+    """``(line number, object)`` of each complete JSON-object line of ``lines`` (pieces that end
+    with a newline, as iterating a binary file gives them, the last one perhaps without), with
+    ``state`` filled in at the end: see :func:`parse_lines` for what is torn and what is damage."""
+    bad: Optional[int] = None  # a line that is not a JSON object: torn if it is the last one
+    offset = 0
+    for k, raw in enumerate(lines):
+        if raw.strip():
+            state.seen = True
+        if not raw.endswith(b"\n"):  # the last piece, without its newline
+            if raw.strip():
+                state.torn = True
+            break
+        if bad is not None:  # a bad line with another complete line after it: damage
+            raise JournalError(f"checkpoint {path} is corrupt at line {bad}: not a JSON record")
+        try:
+            obj = _loads(raw)
+            if not isinstance(obj, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            bad = first_lineno + k
+            continue
+        offset += len(raw)
+        state.good = offset
+        yield first_lineno + k, obj
+    if bad is not None:
+        if state.torn:  # ... or with a torn piece after it
+            raise JournalError(f"checkpoint {path} is corrupt at line {bad}: not a JSON record")
+        state.torn = True  # killed after the newline of a partial write? treat the last line as torn
+
+
+_scan_once = json.JSONDecoder().scan_once
+_JSON_SPACE = " \t\n\r"
+
+
+def _loads(raw: bytes) -> Any:
+    """``json.loads(raw)`` for one journal line, the same value or the same error, without its
+    per-call Python overhead (~3× slower than the parse itself: encoding detection, two regular
+    expressions) for the usual line — ASCII starting with ``{``, as the journal writes them —
+    which goes straight to the decoder's C scanner; anything else to ``json.loads`` itself."""
+    if raw[:1] == b"{" and raw[1:2] != b"\x00":  # (json.loads would take such bytes as UTF-8 too)
+        try:
+            s = raw.decode("utf-8")
+            obj, end = _scan_once(s, 0)
+        except (UnicodeDecodeError, StopIteration, ValueError):
+            return json.loads(raw)  # (its own error, exactly)
+        if end == len(s) or not s[end:].strip(_JSON_SPACE):
+            return obj
+    return json.loads(raw)
+
+
 def parse_lines(data: bytes, path: str, first_lineno: int = 1) -> Tuple[List[Tuple[int, Dict[str, Any]]], int, bool]:
     """The complete JSON-object lines of ``data`` (a journal, or its part from a line start):
     ``([(line number, object)], bytes up to the end of the last good line, torn)``. A last piece
     without its newline is torn; so is a last line that is not JSON (a partial write that got its
     newline). A line that is not a JSON object anywhere else is a :class:`JournalError`."""
-    lines = data.split(b"\n")
-    complete, tail = lines[:-1], lines[-1]
-    torn = bool(tail.strip())
-    out: List[Tuple[int, Dict[str, Any]]] = []
-    offset = good = 0
-    for k, raw in enumerate(complete):
-        lineno = first_lineno + k
-        line_end = offset + len(raw) + 1
-        try:
-            obj = json.loads(raw)
-            if not isinstance(obj, dict):
-                raise ValueError("not an object")
-        except ValueError:
-            if k == len(complete) - 1 and not torn:
-                torn = True  # killed after the newline of a partial write? treat the last line as torn
-                break
-            raise JournalError(f"checkpoint {path} is corrupt at line {lineno}: not a JSON record") from None
-        out.append((lineno, obj))
-        offset = good = line_end
-    return out, good, torn
+    state = _Pass()
+    out = list(iter_lines(io.BytesIO(data), path, first_lineno, state))
+    return out, state.good, state.torn
 
 
 class JournalScanner:

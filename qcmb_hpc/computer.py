@@ -18,9 +18,10 @@ from qcmanybody.v2 import ManyBodyComputer
 
 from .config import ParallelConfig, config_from_environment
 from .errors import FragmentExecutionError, IncompleteRunError, InputDataError
+from .gcpause import paused_gc
 from .plan import KEYWORD_FIELDS, Plan, make_plan
 from .progress import ProgressReporter
-from .report import run_report
+from .report import Phases, peak_rss, run_report
 
 logger = logging.getLogger("qcmb_hpc")
 
@@ -183,11 +184,21 @@ class ParallelManyBodyComputer(ManyBodyComputer):
         """The v2 ``ManyBodyResult`` from a run's outcome (QCManyBody's ``analyze`` and
         ``get_results``, on the fragments in plan order), with the run report in :attr:`run_info`;
         a failed or stopped run raises (:class:`FragmentExecutionError`, :class:`IncompleteRunError`)."""
+        phases = getattr(info, "phases", None) or Phases()
+        with paused_gc():  # (the report and QCManyBody's analyze: ~10^6 long-lived objects at scale)
+            return self._assemble(plan, outcome, atomic, info, phases)
+
+    def _assemble(self, plan: Plan, outcome: Any, atomic: Dict[int, Any], info: Any, phases: Phases):
         config: ParallelConfig = self.parallel_config
-        report = run_report(
-            outcome, plan.tasks, info.workers, info.mode, info.wall, initial_costs=info.initial_costs,
-            specifications=plan.specifications, started=getattr(info, "started", None),
-        )
+        with phases("report"):
+            report = run_report(
+                outcome, plan.tasks, info.workers, info.mode, info.wall, initial_costs=info.initial_costs,
+                specifications=plan.specifications, started=getattr(info, "started", None),
+            )
+        # (the same dict as phases.seconds: assembly, timed below, shows in it too)
+        report["phases"] = phases.seconds
+        report["first_dispatch_seconds"] = getattr(info, "first_dispatch", None)
+        report["peak_rss_bytes"] = peak_rss()  # (so far: a stopped or failed run has it too)
         if info.fell_back:
             report["fell_back_to_sequential"] = info.fell_back
         if info.layout is not None:
@@ -218,14 +229,16 @@ class ParallelManyBodyComputer(ManyBodyComputer):
         if outcome.incomplete:
             raise IncompleteRunError(outcome.stop_reason or "a stop request", done, len(plan.tasks), config.checkpoint)
 
-        component_properties = {t.label: outcome.properties[t.id] for t in plan.tasks}
-        component_results = {}
-        if plan.keep_atomic_results:
-            merged = {**atomic, **outcome.atomic_results}
-            component_results = {t.label: merged[t.id] for t in plan.tasks if t.id in merged}
-        analyze_back = plan.core.analyze(component_properties)
-        analyze_back["nbody_number"] = len(component_properties)
-        result = plan.upstream.get_results(external_results=analyze_back, component_results=component_results)
+        with phases("assembly"):
+            component_properties = {t.label: outcome.properties[t.id] for t in plan.tasks}
+            component_results = {}
+            if plan.keep_atomic_results:
+                merged = {**atomic, **outcome.atomic_results}
+                component_results = {t.label: merged[t.id] for t in plan.tasks if t.id in merged}
+            analyze_back = plan.core.analyze(component_properties)
+            analyze_back["nbody_number"] = len(component_properties)
+            result = plan.upstream.get_results(external_results=analyze_back, component_results=component_results)
+        report["peak_rss_bytes"] = peak_rss()  # now through assembly
         if config.report_in_extras:
             result = result.model_copy(update={"extras": {**result.extras, "qcmb_hpc": report}})
         return result

@@ -77,6 +77,8 @@ class RunOutcome:
     #: set when the run stopped because its failures are systematic (:func:`qcmb_hpc.failures.is_systematic`):
     #: {"error_type", "line" (what the engine said), "labels" (the fragments that saw it)}
     systematic: Optional[Dict[str, Any]] = None
+    #: the coordinator's clock when the first tasks went to a worker (None: none went)
+    first_dispatch: Optional[float] = None
 
 
 class Coordinator:
@@ -399,6 +401,8 @@ class Coordinator:
         ids = sched.assign(w)
         if ids:
             self.endpoint.send(w, (T.TASKS, [self.tasks[t].wire() for t in ids]))
+            if self.out.first_dispatch is None:
+                self.out.first_dispatch = self.clock()
             return True
         if not sched.idle(w):
             return True  # busy enough

@@ -507,10 +507,8 @@ class CostModel:
     # -- estimates --------------------------------------------------------------------------------
     def size(self, mc: str, real: Sequence[int], basis_frags: Sequence[int]) -> float:
         """The x the method scales with (see module docstring)."""
-        b = self.basis.get(mc)
-        if b is None:
-            return float(sum(map(self._atoms_1.__getitem__, real)))
-        return float(sum(map(self._nbf_1[b].__getitem__, basis_frags)))
+        lookup, by_real = self._sizer(mc)
+        return float(sum(map(lookup, real if by_real else basis_frags)))
 
     def fit_for(self, key: Key) -> Fit:
         fit = self.fits.get(key)
@@ -550,22 +548,43 @@ class CostModel:
     def estimate_tasks(self, tasks: Iterable[Any]) -> Dict[int, float]:
         """Estimates for FragmentTasks (also stored on them; the first one of each task is kept in
         :attr:`initial_estimates`)."""
-        out = {}
-        issued = self._issued
+        out: Dict[int, float] = {}
+        # priced once per (model chemistry, size) group — a handful — not per task (fit_for makes
+        # a default Fit, matching the method's name against every pattern, at each call)
+        prices: Dict[str, Dict[float, float]] = {mc: {} for mc in self.keys}
+        sizers = {mc: self._sizer(mc) for mc in self.keys}
         for t in tasks:
-            key = self.keys[t.mc]
-            x = self.size(t.mc, t.real, t.basis)
-            t.cost = self.fit_for(key)(x)
-            issued[(key, x)] = t.cost
-            out[t.id] = t.cost
+            mc = t.mc
+            lookup, by_real = sizers[mc]
+            x = float(sum(map(lookup, t.real if by_real else t.basis)))
+            group = prices[mc]
+            c = group.get(x)
+            if c is None:
+                c = group[x] = self.fit_for(self.keys[mc])(x)
+            t.cost = c
+            out[t.id] = c
+        for mc, group in prices.items():
+            for x, c in group.items():
+                self._issued[(self.keys[mc], x)] = c
+        self._note_issued_risk()
+        if not self.initial_estimates:  # (the usual case: one dict of ~680k kept, not two)
+            self.initial_estimates = out
+            return dict(out)
         for tid, c in out.items():
             self.initial_estimates.setdefault(tid, c)
-        self._note_issued_risk()
         return out
 
     def _note_issued_risk(self) -> None:
         for key in {g[0] for g in self._issued}:
             self._issued_risk[key] = upper_quantile(self.spread(key))
+
+    def _sizer(self, mc: str) -> Tuple[Any, bool]:
+        """What :meth:`size` sums for ``mc``: (fragment number → size, whether over the real
+        fragments — else over the basis fragments)."""
+        b = self.basis.get(mc)
+        if b is None:
+            return self._atoms_1.__getitem__, True
+        return self._nbf_1[b].__getitem__, False
 
     def reestimate(self, tasks: Iterable[Any]) -> Optional[Dict[int, float]]:
         """After a :meth:`refit`: new estimates for ``tasks`` (FragmentTasks, also stored on them)

@@ -46,6 +46,8 @@ class RunInfo:
     fell_back: Optional[str] = None  #: why the run continued sequentially, if it did
     initial_costs: Optional[Dict[int, float]] = None  #: task id → estimate when the run started
     started: Optional[float] = None  #: wall clock (epoch seconds) when the run started
+    phases: Any = None  #: seconds per phase so far (:class:`~qcmb_hpc.report.Phases`; assembly adds its own)
+    first_dispatch: Optional[float] = None  #: seconds after the start when the first fragment went to a worker
 
 
 def run(computer: Any, fresh: bool = False, broadcast_result: bool = True, config: Optional[ParallelConfig] = None) -> Any:
@@ -80,27 +82,36 @@ def run(computer: Any, fresh: bool = False, broadcast_result: bool = True, confi
             except BaseException as exc:
                 pool.fail("reading the input", exc)
                 raise
-        return _coordinate(computer, config, pool, pools, fresh, fell_back, broadcast_result)
+        from .gcpause import frozen
+
+        with frozen():
+            return _coordinate(computer, config, pool, pools, fresh, fell_back, broadcast_result)
 
 
 def _coordinate(computer: Any, config: ParallelConfig, pool: Any, pools: Any, fresh: bool, fell_back: Optional[str],
                 broadcast_result: bool) -> Any:
+    from . import gcpause
     from .progress import make_reporter, run_tracker
-    from .report import without_attempts
+    from .report import Phases, without_attempts
     from .resources import ResourceManager
 
     t0, started = time.perf_counter(), time.time()
+    phases = Phases()  # (the run report's phases: where the time goes)
     try:
-        plan = computer.build_plan()
-        cost, journal, restored, atomic = prepare(plan, config, fresh)
-        todo = len(plan.tasks) - len(restored)
-        resources = ResourceManager(config)
-        if todo == 0 and pool.can_fall_back:  # nothing to run: no worker processes to start
-            pool = pools.enter_context(get_plugin("sequential").create_executor(config))
-        layout = pool.layout(resources, todo)
-        spec = make_spec(plan, config, layout)
-        tracker = run_tracker(make_reporter(config.progress_reporting, computer.progress_reporter), plan.tasks, cost,
-                              journal.path if journal else None, mode=pool.mode)
+        # (the plan, the restored results, the tracker: built without the collector and never
+        # traversed by it during the run, see qcmb_hpc.gcpause)
+        with phases("planning"), gcpause.paused_gc(freeze=True):
+            plan = computer.build_plan()
+        cost, journal, restored, atomic = prepare(plan, config, fresh, phases)
+        with phases("setup"), gcpause.paused_gc(freeze=True):
+            todo = len(plan.tasks) - len(restored)
+            resources = ResourceManager(config)
+            if todo == 0 and pool.can_fall_back:  # nothing to run: no worker processes to start
+                pool = pools.enter_context(get_plugin("sequential").create_executor(config))
+            layout = pool.layout(resources, todo)
+            spec = make_spec(plan, config, layout)
+            tracker = run_tracker(make_reporter(config.progress_reporting, computer.progress_reporter), plan.tasks, cost,
+                                  journal.path if journal else None, mode=pool.mode)
     except QCMBError as exc:  # a bad input: every process of the pool raises it
         pool.share(error=exc)
         raise
@@ -111,12 +122,17 @@ def _coordinate(computer: Any, config: ParallelConfig, pool: Any, pools: Any, fr
     coords: List[Any] = []
     try:
         try:
+            t_start = time.perf_counter()
             outcome, pool, fell_back = _run_coordinator(
                 plan, config, pool, pools, spec, layout, journal, restored, tracker, cost, coords, fell_back)
+            loop = sum(c.out.makespan for c in coords)
+            phases.add("start", time.perf_counter() - t_start - loop)
+            phases.add("loop", loop)
         finally:
             tracker.close()
             if journal is not None:
                 journal.close()
+                phases.add("journal_writes", journal.seconds)
         cost.save()  # into config.cost_history, if any (a cache: a failure to write it is a warning)
     except QCMBError as exc:
         if not pool.can_fall_back:  # (an SPMD pool's workers are still working: they would never hear)
@@ -127,7 +143,8 @@ def _coordinate(computer: Any, config: ParallelConfig, pool: Any, pools: Any, fr
         raise
     info = RunInfo(
         mode=pool.mode, workers=len(coords[-1].endpoint.workers), layout=layout, wall=time.perf_counter() - t0,
-        fell_back=fell_back, initial_costs=cost.initial_estimates, started=started,
+        fell_back=fell_back, initial_costs=cost.initial_estimates, started=started, phases=phases,
+        first_dispatch=None if coords[0].out.first_dispatch is None else coords[0].out.first_dispatch - t0,
     )
     try:
         result = computer.assemble(plan, outcome, atomic, info)
@@ -236,30 +253,31 @@ def check_programs(plan: Any) -> None:
 def open_journal(config: ParallelConfig, plan: Any, fresh: bool = False) -> Tuple[Any, Dict[int, Dict[str, Any]], Dict[int, Any]]:
     """The journal (None without ``config.checkpoint``) and what it restores: task id → properties,
     and task id → AtomicResult (only when the input keeps cluster results)."""
-    from .checkpoint import Journal, JournalError, decode_properties, plan_totals
+    from .checkpoint import Journal, JournalError, plan_totals
 
     if not config.checkpoint:
         return None, {}, {}
     try:
         journal = Journal.open(
-            config.checkpoint, plan.fingerprint, fresh=fresh, fragments=len(plan.tasks), info=plan_totals(plan.tasks)
+            config.checkpoint, plan.fingerprint, fresh=fresh, fragments=len(plan.tasks), info=lambda: plan_totals(plan.tasks)
         )
     except JournalError as exc:
         raise InputDataError(str(exc)) from None
     except OSError as exc:
         raise InputDataError(f"checkpoint {config.checkpoint}: {exc.strerror or exc}") from None
-    by_label = {t.label: t.id for t in plan.tasks}
+    by_label = {t.label: t.id for t in plan.tasks} if journal.restored else {}
     restored: Dict[int, Dict[str, Any]] = {}
     atomic: Dict[int, Any] = {}
     for label, rec in journal.restored.items():
         tid = by_label.get(label)
         if tid is None:
             continue
-        restored[tid] = decode_properties(rec["properties"])
+        restored[tid] = rec["properties"]  # (decoded as the journal was read)
         if plan.keep_atomic_results and rec.get("atomic_result") is not None:
             from qcelemental.models.v2 import AtomicResult
 
             atomic[tid] = AtomicResult(**rec["atomic_result"])
+    journal.release()  # (taken: the records need not stay in memory through the run)
     if journal.torn:
         logger.warning("checkpoint %s ended in a torn record (killed mid-write): that fragment is recomputed", journal.path)
     if restored:
@@ -297,13 +315,21 @@ def estimate_costs(plan: Any, config: ParallelConfig) -> Any:
     return model
 
 
-def prepare(plan: Any, config: ParallelConfig, fresh: bool) -> Tuple[Any, Any, Dict[int, Dict[str, Any]], Dict[int, Any]]:
+def prepare(plan: Any, config: ParallelConfig, fresh: bool, phases: Any = None) -> Tuple[Any, Any, Dict[int, Dict[str, Any]], Dict[int, Any]]:
     """What every run does before its coordinator starts: the user's modules, a check that every
-    program is there, cost estimates, and the journal with what it restores."""
+    program is there, cost estimates, and the journal with what it restores (timed into
+    ``phases``, a :class:`~qcmb_hpc.report.Phases`)."""
+    from .gcpause import paused_gc
     from .loading import import_modules
+    from .report import Phases
 
-    import_modules(config.imports)
-    check_programs(plan)
-    cost = estimate_costs(plan, config)
-    journal, restored, atomic = open_journal(config, plan, fresh=fresh)
+    phases = phases or Phases()
+    with phases("planning"):
+        import_modules(config.imports)
+        check_programs(plan)
+    with paused_gc(freeze=True):  # (a dict per task, per restored record: see qcmb_hpc.gcpause)
+        with phases("estimates"):
+            cost = estimate_costs(plan, config)
+        with phases("journal"):
+            journal, restored, atomic = open_journal(config, plan, fresh=fresh)
     return cost, journal, restored, atomic

@@ -34,6 +34,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional
 
 from .failures import NON_RETRYABLE_ERRORS
 from .fragment import RunSpec, build_atomic_input
+from .gcpause import frozen
 
 logger = logging.getLogger(__name__)
 
@@ -382,16 +383,13 @@ class ChildRunner:
     def _spawn(self) -> None:
         parent, child = self._ctx.Pipe(duplex=True)
         gc.collect()
-        gc.freeze()  # the child does not touch (and so does not copy) the parent's heap in its first gc
-        try:
+        with frozen():  # the child does not touch (and so does not copy) the parent's heap in its first gc
             proc = self._ctx.Process(
                 target=_child_main,
                 args=(child, self.spec, self.task_config, [*self.close_in_child, parent]),
                 daemon=True,
             )
             proc.start()
-        finally:
-            gc.unfreeze()
         child.close()
         self._proc, self._conn = proc, parent
         self._spawned += 1

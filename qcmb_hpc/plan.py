@@ -9,10 +9,11 @@ same ``get_fragment`` call QCManyBody makes (building ~680k molecules on rank 0 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 from qcmanybody import ManyBodyCore
@@ -20,6 +21,8 @@ from qcmanybody.utils import labeler
 
 from .fragment import RunSpec, build_atomic_input, build_fragment_molecule, worker_parent  # noqa: F401 (re-exported)
 from qcmanybody.v2.computer import ManyBodyComputer as UpstreamComputer
+
+from .gcpause import paused_gc  # noqa: E402
 
 #: QCManyBody's own v2 computer, kept from import time: :func:`qcmb_hpc.parallelize` (and code
 #: that parallelizes a program it does not own) may replace ``qcmanybody.v2.ManyBodyComputer``
@@ -32,9 +35,10 @@ KEYWORD_FIELDS = ("bsse_type", "embedding_charges", "return_total_data", "levels
 __all__ = ["FragmentTask", "RunSpec", "iterate_labels", "build_tasks", "build_fragment_molecule", "build_atomic_input"]
 
 
-@dataclass
+@dataclass(slots=True)
 class FragmentTask:
-    """One fragment calculation. On the wire only ``(id, label)`` travels."""
+    """One fragment calculation. On the wire only ``(id, label)`` travels. (Slots: a large
+    expansion has ~680k of them on the coordinator.)"""
 
     id: int  #: position in QCManyBody's plan order
     label: str  #: QCManyBody's label, ``json.dumps([mc, real_frags, basis_frags])``
@@ -60,30 +64,63 @@ class FragmentTask:
 
 def iterate_labels(core: ManyBodyCore) -> Iterator[Tuple[str, str, Tuple[int, ...], Tuple[int, ...]]]:
     """``(mc, label, real, basis)`` in exactly the order of ``core.iterate_molecules()``, without
-    building any molecule (the same loop over ``core.compute_map``)."""
-    done = set()
+    building any molecule (the same loop over ``core.compute_map``: each fragment where it is first
+    met). Duplicates are found on the index tuples themselves — the label encodes exactly
+    ``(mc, real, basis)`` — so a label is made once per fragment, not once per occurrence."""
+    for mc, pairs in _first_occurrences(core):
+        label_of = fast_labeler(mc)
+        for real, basis in pairs:
+            yield mc, label_of(real, basis), tuple(real), tuple(basis)
+
+
+def _first_occurrences(core: ManyBodyCore) -> Iterator[Tuple[str, List[Tuple[Any, Any]]]]:
+    """Per model chemistry, its ``(real, basis)`` pairs in the order ``iterate_molecules`` first
+    meets them (each n-body list of ``compute_map[mc]["all"]`` repeats the lower ones)."""
     for mc, compute_dict in core.compute_map.items():
+        seen: set = set()
+        pairs: List[Tuple[Any, Any]] = []
         for compute_list in compute_dict["all"].values():
-            for real_atoms, basis_atoms in compute_list:
-                label = labeler(mc, real_atoms, basis_atoms)
-                if label in done:
-                    continue
-                done.add(label)
-                yield mc, label, tuple(real_atoms), tuple(basis_atoms)
+            new = [p for p in compute_list if p not in seen]
+            seen.update(new)
+            pairs.extend(new)
+        yield mc, pairs
+
+
+def fast_labeler(mc: str) -> Callable[[Tuple[int, ...], Tuple[int, ...]], str]:
+    """QCManyBody's ``labeler(mc, real, basis)`` — ``json.dumps([str(mc), real, basis])`` — for one
+    model chemistry, without a JSON encoder per call: ``json.dumps`` of a tuple of ints is their
+    ``repr`` joined by ", " in brackets, so only the model chemistry needs JSON's quoting, once.
+    Checked against ``labeler`` on a fragment: if QCManyBody's labels ever differ, its own
+    function is returned."""
+    head = "[" + json.dumps(str(mc)) + ", ["
+    rep = int.__repr__
+
+    def label_of(real: Tuple[int, ...], basis: Tuple[int, ...]) -> str:
+        r = ", ".join(map(rep, real))
+        b = r if basis == real else ", ".join(map(rep, basis))
+        return f"{head}{r}], [{b}]]"
+
+    if label_of((1, 2), (1, 2, 3)) != labeler(mc, (1, 2), (1, 2, 3)):  # pragma: no cover
+        return functools.partial(labeler, mc)
+    return label_of
 
 
 def build_tasks(core: ManyBodyCore) -> List[FragmentTask]:
-    """All fragment tasks of a plan, in QCManyBody's order, with atom counts filled in."""
-    sizes = core.fragment_size_dict
-    tasks = []
-    for i, (mc, label, real, basis) in enumerate(iterate_labels(core)):
-        nreal = sum(sizes[f] for f in real)
-        nbasis = sum(sizes[f] for f in basis)
-        tasks.append(
-            FragmentTask(
-                id=i, label=label, mc=mc, real=real, basis=basis, natoms_real=nreal, natoms_ghost=nbasis - nreal
-            )
-        )
+    """All fragment tasks of a plan, in QCManyBody's order (:func:`iterate_labels`, written out
+    here: ~680k tasks at (H2O)64 4-body, where each call per task shows), with atom counts."""
+    size = core.fragment_size_dict.__getitem__
+    tasks: List[FragmentTask] = []
+    append = tasks.append
+    i = 0
+    with paused_gc():  # (hundreds of thousands of long-lived objects: see qcmb_hpc.gcpause)
+        for mc, pairs in _first_occurrences(core):
+            label_of = fast_labeler(mc)
+            for real, basis in pairs:
+                real, basis = tuple(real), tuple(basis)
+                nreal = sum(map(size, real))
+                nghost = 0 if basis == real else sum(map(size, basis)) - nreal
+                append(FragmentTask(i, label_of(real, basis), mc, real, basis, nreal, nghost))
+                i += 1
     return tasks
 
 

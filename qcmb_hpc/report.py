@@ -18,6 +18,11 @@ worker died; no start or time known), ``error_type``, ``estimate_initial`` and `
 (the estimate after the last in-run refit). Columns rather than one object per attempt: a report
 of 680k fragments stays ~100 bytes a fragment. Only rank 0 keeps the table (:func:`without_attempts`).
 
+Where the coordinating process spent its time goes in ``phases`` (:class:`Phases`: seconds of
+planning, estimates, journal, setup, start, loop — of which journal_writes —, report and
+assembly), with ``first_dispatch_seconds`` (from the run's start to the first fragment sent to a
+worker) and ``peak_rss_bytes`` (the process's peak resident memory, through assembly).
+
 The estimate rank correlation pairs each fragment computed in this run with the estimate it had
 when the run started (before any in-run refit re-estimated it) and the time of its *successful*
 attempt (a failed or cut attempt of a fragment that later succeeded is not a measure of its cost).
@@ -25,7 +30,10 @@ attempt (a failed or cut attempt of a fragment that later succeeded is not a mea
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+import contextlib
+import sys
+import time
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from .cost import spearman
 from .schedule import makespan_lower_bound
@@ -39,6 +47,8 @@ __all__ = [
     "program_versions",
     "without_attempts",
     "ATTEMPT_COLUMNS",
+    "Phases",
+    "peak_rss",
 ]
 
 #: the columns of ``report["attempts"]``
@@ -46,6 +56,42 @@ ATTEMPT_COLUMNS = (
     "label", "nbody", "mc", "worker", "host", "start", "seconds", "attempt", "status", "error_type",
     "estimate_initial", "estimate_final",
 )
+
+
+class Phases:
+    """Seconds per phase of a run on the coordinating process — the report's ``phases``: where the
+    time of a big expansion goes (``planning``: QCManyBody's plan as tasks, the user's modules and
+    the program check; ``estimates``: the cost model; ``journal``: opening it and what it restores;
+    ``setup``: the layout, the run specification, the progress tracker; ``start``: the workers
+    starting and the coordinator being built; ``loop``: the coordinator's run, of which
+    ``journal_writes`` is appending and fsyncing the journal; ``report``: this report;
+    ``assembly``: QCManyBody's ``analyze`` and ``get_results``). ``with phases("name"): ...``
+    adds the block's seconds to ``name``."""
+
+    def __init__(self) -> None:
+        self.seconds: Dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(name, time.perf_counter() - t)
+
+    def add(self, name: str, seconds: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+
+
+def peak_rss() -> Optional[int]:
+    """This process's peak resident memory so far, in bytes (None where it cannot be read)."""
+    try:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    except (ImportError, OSError):  # pragma: no cover - not POSIX
+        return None
+    return int(peak) if sys.platform == "darwin" else int(peak) * 1024  # (Linux: kilobytes)
 
 
 def successful_seconds(timings: Sequence[Tuple[int, int, float, float]], succeeded: Any) -> Dict[int, float]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import gc
 import logging
 import os
 import shutil
@@ -26,10 +25,11 @@ from .backoff import Backoff
 from .loading import import_modules
 from .engine import FragmentOutcome, make_runner, restore_environ, set_thread_environment
 from .fragment import RunSpec
+from .gcpause import frozen
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Worker", "scratch_root", "check_scratch", "remove_scratch"]
+__all__ = ["Worker", "scratch_root", "check_scratch", "remove_scratch", "remove_stale_scratch"]
 
 #: results are sent at once unless fragments are this short (then batched for up to FLUSH_AGE)
 FAST_FRAGMENT = 1e-3
@@ -101,6 +101,36 @@ def remove_scratch(workers: Any) -> None:
         path = info.get("scratch")
         if path and info.get("host") == here and os.path.basename(path).startswith("qcmb_hpc-"):
             shutil.rmtree(path, ignore_errors=True)
+
+
+def remove_stale_scratch(root: str, host: Optional[str] = None) -> List[str]:
+    """Remove the scratch directories under ``root`` that workers on this host left when they were
+    killed (SIGKILL, a node's OOM killer, ``scancel``): named ``qcmb_hpc-<host>-<pid>-w<n>-…``
+    for a process that no longer exists. A live process's (any user's) is left alone. Returns
+    what was removed."""
+    host = host or socket.gethostname()
+    prefix = f"qcmb_hpc-{host}-"
+    removed = []
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return removed
+    for name in names:
+        pid, _, rest = name[len(prefix):].partition("-")
+        if not name.startswith(prefix) or not pid.isdigit() or not rest.startswith("w"):
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # alive (or another user's: PermissionError below)
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue
+        path = os.path.join(root, name)
+        shutil.rmtree(path, ignore_errors=True)
+        if not os.path.exists(path):
+            removed.append(path)
+    return removed
 
 
 class Worker:
@@ -204,17 +234,15 @@ class Worker:
         import_modules(spec.imports)  # (the coordinator imported them already: a failure here is the worker's)
         root = scratch_root(spec.scratch_root)
         os.makedirs(root, exist_ok=True)
+        remove_stale_scratch(root, self.host)  # (what a killed run on this host left: a rerun resumes it)
         self.scratch = tempfile.mkdtemp(prefix=f"qcmb_hpc-{self.host}-{os.getpid()}-w{worker_id}-", dir=root)
         inherited = self.endpoint.inherited()
         # An isolated runner forks its child after a full gc.collect(): ~0.1 s of CPU in a process
         # with qcengine loaded, at the start of every run on every worker (16 ranks on 2 cores:
         # ~0.8 s before the first fragment starts). With the heap frozen first, that collection
-        # only looks at what is new. (freeze and unfreeze are O(1); gc.get_freeze_count() is not.)
-        gc.freeze()
-        try:
+        # only looks at what is new.
+        with frozen():
             self.runner = make_runner(spec, spec.task_config(self.scratch), close_in_child=inherited)
-        finally:
-            gc.unfreeze()  # (a child runner has already unfrozen after its fork: then a no-op)
         self.endpoint.send(
             (
                 T.READY,

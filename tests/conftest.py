@@ -143,3 +143,19 @@ def slurm():
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.fixture
+def remove_what_killed_ranks_leave():
+    """A rank that is killed (as the tests that use this kill them) cannot remove its scratch
+    directory, and MPICH's shared-memory segments of a killed or aborted job stay in /dev/shm:
+    remove what this test's jobs left (``make test`` checks that nothing of ours is left anywhere)."""
+    import glob
+    import shutil
+    import tempfile
+
+    def ours():
+        return set(glob.glob("/dev/shm/mpich_*")) | set(glob.glob(os.path.join(tempfile.gettempdir(), "qcmb_hpc-*-w*-*")))
+
+    before = ours()
+    yield
+    for path in ours() - before:
+        shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.unlink(path)

@@ -163,8 +163,8 @@ def test_restored_records_decode(tmp_path):
     try:
         assert not j.torn and sorted(j.restored) == ["A", "B", "C"]
         for rec in recs:
-            got = decode_properties(j.restored[rec["label"]]["properties"])
-            assert got["gradient"].shape == (3, 3)
+            got, want = j.restored[rec["label"]]["properties"], decode_properties(rec["properties"])  # (decoded as read)
+            assert got["gradient"].shape == (3, 3) and all(np.array_equal(got[k], want[k]) for k in want)
         j.append([good_record("D", 4)])
     finally:
         j.close()

@@ -32,22 +32,7 @@ RUN_TIMEOUT = 180  # hard limit of any one mpiexec run (a hang is a failure, not
 ENDS_WITHIN = 15.0  # a failing rank must end the whole job this soon after it failed (typically < 2 s)
 
 
-@pytest.fixture(autouse=True)
-def remove_what_killed_ranks_leave():
-    """A rank that is killed (as these tests kill them) cannot remove its scratch directory, and
-    MPICH's shared-memory segments of an aborted job stay in /dev/shm: remove what this test's
-    jobs left (``make test`` checks that nothing of ours is left anywhere)."""
-    import glob
-    import shutil
-    import tempfile
-
-    def ours():
-        return set(glob.glob("/dev/shm/mpich_*")) | set(glob.glob(os.path.join(tempfile.gettempdir(), "qcmb_hpc-*-w*-*")))
-
-    before = ours()
-    yield
-    for path in ours() - before:
-        shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.unlink(path)
+pytestmark = pytest.mark.usefixtures("remove_what_killed_ranks_leave")
 
 
 def launcher() -> str:

@@ -30,15 +30,11 @@ def sleep_input(record_dir, base=0.25, n=4):
     )
 
 
-def env():
-    return cli_env()
-
-
-def start(args, cwd, mpi_ranks=None):
+def start(args, cwd, mpi_ranks=None, **env):
     cmd = [sys.executable, "-m", "qcmb_hpc", *args, "--import", "qcmb_hpc.testing.engines", "--no-progress"]
     if mpi_ranks:
         cmd = [MPIEXEC, "-n", str(mpi_ranks), *cmd]
-    return subprocess.Popen(cmd, cwd=cwd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return subprocess.Popen(cmd, cwd=cwd, env=cli_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
 def journal_records(path):
@@ -75,12 +71,18 @@ def executions(record_dir, inp):
     return counts, plan
 
 
+def worker_scratch(root):
+    """The worker scratch directories under ``root``."""
+    return sorted(n for n in os.listdir(root) if n.startswith("qcmb_hpc-") and "-w" in n) if os.path.isdir(root) else []
+
+
 def load(path):
     from qcmanybody.models.v2 import ManyBodyResult
 
     return ManyBodyResult(**json.loads(open(path).read()))
 
 
+@pytest.mark.usefixtures("remove_what_killed_ranks_leave")
 @pytest.mark.parametrize("mpi_ranks", [None, 3], ids=["multiprocessing", "mpiexec"])
 def test_sigkill_midway_then_resume(tmp_path, mpi_ranks):
     rec = tmp_path / "runs"
@@ -89,7 +91,9 @@ def test_sigkill_midway_then_resume(tmp_path, mpi_ranks):
     path = tmp_path / "job.json"
     path.write_text(inp.serialize("json"))
     ckpt = str(tmp_path / "job.checkpoint.jsonl")
-    proc = start([str(path)], tmp_path, mpi_ranks)
+    scratch = tmp_path / "scratch"  # (the workers' scratch root: $TMPDIR)
+    scratch.mkdir()
+    proc = start([str(path)], tmp_path, mpi_ranks, TMPDIR=str(scratch))
     try:
         wait_for_records(ckpt, 6, proc)
     finally:
@@ -97,10 +101,12 @@ def test_sigkill_midway_then_resume(tmp_path, mpi_ranks):
         proc.communicate(timeout=30)
     done_before = journal_records(ckpt)
     assert 6 <= len(done_before) < len(make_plan(inp).tasks)
+    assert len(worker_scratch(scratch)) == 2  # killed workers cannot remove their own
 
-    proc = start([str(path)], tmp_path, mpi_ranks)
+    proc = start([str(path)], tmp_path, mpi_ranks, TMPDIR=str(scratch))
     out, err = proc.communicate(timeout=240)
     assert proc.returncode == 0, err
+    assert worker_scratch(scratch) == []  # the rerun removed the killed run's, and its own
     res = load(tmp_path / "job.result.json")
     rep = load_report(tmp_path / "job.result.json")
     counts, plan = executions(rec, inp)
@@ -177,7 +183,7 @@ def test_sigterm_to_mpiexec(tmp_path):
 def run_quick(args, cwd):
     return subprocess.run(
         [sys.executable, "-m", "qcmb_hpc", *args, "--import", "qcmb_hpc.testing.engines", "--no-progress"],
-        cwd=cwd, env=env(), capture_output=True, text=True, timeout=240,
+        cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=240,
     )
 
 
@@ -245,6 +251,7 @@ def _rank_pid(launcher_pid, rank):
     return None
 
 
+@pytest.mark.usefixtures("remove_what_killed_ranks_leave")
 def test_dead_rank_ends_job_promptly_and_resume_completes(tmp_path):
     rec = tmp_path / "runs"
     rec.mkdir()

@@ -81,3 +81,26 @@ def test_mpi_world_of_one_runs_sequentially(tmp_path, trimer):
 
     assert load_report(tmp_path / "one.result.json")["mode"] == "sequential"
     assert_same_result(reference(inp), res, exact=True, check_shape=False)
+
+
+def test_scratch_of_killed_workers_is_removed_by_the_next_run(tmp_path):
+    """Only this host's, only of processes that no longer exist; anything else is left alone."""
+    import socket
+
+    from qcmb_hpc.worker import remove_stale_scratch
+
+    host = socket.gethostname()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    names = {
+        "dead": f"qcmb_hpc-{host}-{dead}-w0-abc",
+        "alive": f"qcmb_hpc-{host}-{os.getpid()}-w1-abc",
+        "other host": f"qcmb_hpc-{host}x-{dead}-w0-abc",
+        "not a worker's": f"qcmb_hpc-{host}-{dead}-probe",
+        "someone else's": f"other-{host}-{dead}-w0-abc",
+    }
+    for name in names.values():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "file").write_text("x")
+    removed = remove_stale_scratch(str(tmp_path), host)
+    assert removed == [str(tmp_path / names["dead"])]
+    assert sorted(os.listdir(tmp_path)) == sorted(n for k, n in names.items() if k != "dead")

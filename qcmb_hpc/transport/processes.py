@@ -21,6 +21,7 @@ import traceback
 from typing import Any, Dict, List
 
 from .connections import ConnectionEndpoint, ConnectionTransport
+from ..gcpause import frozen
 from ..pool import WorkerPool
 
 logger = logging.getLogger(__name__)
@@ -66,23 +67,21 @@ class ProcessTransport(ConnectionTransport):
         self._ctx = multiprocessing.get_context("fork")
         self._procs: Dict[int, Any] = {}
         gc.collect()
-        gc.freeze()
         try:
-            for w in self.workers:
-                parent, child = self._ctx.Pipe(duplex=True)
-                # the child closes every coordinator-side end it inherits (its own and earlier
-                # workers'), so a dead worker's pipe reads as EOF at once
-                others = list(self._conns.values()) + [parent]
-                proc = self._ctx.Process(target=_worker_main, args=(child, others), name=f"qcmb-worker-{w}")
-                proc.start()
-                child.close()
-                self.attach(w, parent)
-                self._procs[w] = proc
+            with frozen():
+                for w in self.workers:
+                    parent, child = self._ctx.Pipe(duplex=True)
+                    # the child closes every coordinator-side end it inherits (its own and earlier
+                    # workers'), so a dead worker's pipe reads as EOF at once
+                    others = list(self._conns.values()) + [parent]
+                    proc = self._ctx.Process(target=_worker_main, args=(child, others), name=f"qcmb-worker-{w}")
+                    proc.start()
+                    child.close()
+                    self.attach(w, parent)
+                    self._procs[w] = proc
         except Exception as exc:
             self.close()
             raise TransportStartError(f"could not start {n} worker processes: {exc}") from exc
-        finally:
-            gc.unfreeze()
 
     def death(self, w: int) -> str:
         proc = self._procs[w]

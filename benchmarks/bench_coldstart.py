@@ -118,7 +118,7 @@ def baseline(kind: str, input_path: str, workers: int, out_path: str) -> None:
     props = {t.label: o[0] for t, o in zip(order, outs)}
     analyze = comp.qcmb_core.analyze({t.label: props[t.label] for t in plan.tasks})
     analyze["nbody_number"] = len(props)
-    result = comp.get_results(external_results=analyze)
+    result = comp.get_results(external_results=analyze, component_results={})
     with open(out_path, "w") as fh:
         json.dump({"started": started, "fragments": [[s, e] for _, s, e in outs], "return_result": result.return_result}, fh)
 
@@ -169,9 +169,11 @@ def import_times(work: str, input_path: str, env) -> dict:
         if "import time:" not in line or line.count("|") != 2:
             continue
         tag, rest = line.split("]", 1)
-        name = rest.split("|")[2]
+        cumulative, name = rest.split("|")[1:]
+        if not cumulative.strip().isdigit():  # (the header line)
+            continue
         if name.startswith(" ") and not name.startswith("  "):  # a top-level import (one space after the bar)
-            roles[tag.strip("[ ")] = roles.get(tag.strip("[ "), 0.0) + int(rest.split("|")[1]) / 1e6
+            roles[tag.strip("[ ")] = roles.get(tag.strip("[ "), 0.0) + int(cumulative) / 1e6
     return {"coordinator": roles["0"], "worker": roles["1"]}
 
 
@@ -188,73 +190,75 @@ def main(argv=None) -> int:
         baseline(a.pool, a.input, a.workers, a.out)
         return 0
 
-    work = tempfile.mkdtemp(prefix="qcmb_hpc-bench-coldstart-")
-    env = common.child_env()
-    input_path = os.path.join(work, "w8.json")
-    with open(input_path, "w") as fh:
-        fh.write(make_input(base_for(a.lb, a.workers)).model_dump_json())
-    me = os.path.abspath(__file__)
-    n = a.workers
-    commands = {
-        "qcmb_hpc multiprocessing": [sys.executable, "-m", "qcmb_hpc", input_path, "--mode", "multiprocessing",
-                                     "--workers", str(n), "--import", ENGINES, "--fresh"],
-        "ProcessPoolExecutor": [sys.executable, me, "--pool", "process", "--workers", str(n), "--input", input_path],
-        "qcmb_hpc MPI": [common.mpiexec(), "-n", str(n + 1), sys.executable, "-m", "qcmb_hpc", input_path,
-                         "--import", ENGINES, "--fresh"],
-        "MPIPoolExecutor": [common.mpiexec(), "-n", str(n + 1), sys.executable, "-m", "mpi4py.futures", me,
-                            "--pool", "mpi", "--workers", str(n), "--input", input_path],
-    }
-    runs = {k: [] for k in commands}
-    loads = []
-    for r in range(a.repeat):
-        for name, cmd in commands.items():
-            run_env = dict(env, XDG_CACHE_HOME=tempfile.mkdtemp(prefix="qcmb_hpc-bench-cache-", dir=work))
-            out = os.path.join(work, f"baseline-{r}.json")
-            full = cmd + (["--out", out] if "--pool" in cmd else [])
-            loads.append(os.getloadavg()[0])
-            launch, end = _run(full, work, run_env)
-            if name.startswith("qcmb_hpc"):
-                with open(os.path.join(work, "w8.report.json")) as fh:
-                    rep = json.load(fh)
-                runs[name].append(breakdown(launch, end, rep["started"], qcmb_spans(rep), n))
-            else:
-                with open(out) as fh:
-                    b = json.load(fh)
-                runs[name].append(breakdown(launch, end, b["started"], b["fragments"], n))
-            print(f"repeat {r + 1}: {name}: {runs[name][-1]['wall']:.2f} s", flush=True)
-
-    def med(name, key):
-        return statistics.median(x[key] for x in runs[name])
-
-    imports = import_times(work, input_path, env)
-    ratios = {
-        "multiprocessing": med("qcmb_hpc multiprocessing", "wall") / med("ProcessPoolExecutor", "wall"),
-        "mpi": med("qcmb_hpc MPI", "wall") / med("MPIPoolExecutor", "wall"),
-    }
-    data = {
-        "workload": f"(H2O){WATERS} NoCP {NBODY}-body, qcmb_sleep, 92 fragments",
-        "workers": n,
-        "repeat": a.repeat,
-        "runs": runs,
-        "median": {name: {k: med(name, k) for k in runs[name][0]} for name in runs},
-        "ratio": ratios,
-        "imports_seconds": imports,
-        "loadavg_1min_at_each_run": loads,
-        "targets": {"qcmb_hpc / pool <= 0.80 (multiprocessing)": ratios["multiprocessing"] <= 0.80,
-                    "qcmb_hpc / pool <= 0.80 (MPI)": ratios["mpi"] <= 0.80},
-    }
-    common.write_json(NAME, data)
-    keys = ["wall", "startup", "to_first_fragment", "run", "tail", "lower_bound", "run_over_lb"]
-    rows = [[name, *(f"{data['median'][name][k]:.2f}" for k in keys)] for name in runs]
-    print(common.table(["command (median of %d)" % a.repeat, *keys], rows,
-                       f"Cold start, {data['workload']}, {n} workers"))
-    print(f"qcmb_hpc / pool: multiprocessing {ratios['multiprocessing']:.2f}, MPI {ratios['mpi']:.2f} (target ≤ 0.80)")
-    print(f"imports (cumulative s, top level): coordinator {imports['coordinator']:.2f}, worker rank {imports['worker']:.2f}")
-    print(f"load average (1 min) before each run: {', '.join(f'{x:.2f}' for x in loads)}")
-    common.print_targets(data)
     import shutil
 
-    shutil.rmtree(work, ignore_errors=True)
+    work = tempfile.mkdtemp(prefix="qcmb_hpc-bench-coldstart-")
+    try:
+        env = common.child_env()
+        input_path = os.path.join(work, "w8.json")
+        with open(input_path, "w") as fh:
+            fh.write(make_input(base_for(a.lb, a.workers)).model_dump_json())
+        me = os.path.abspath(__file__)
+        n = a.workers
+        commands = {
+            "qcmb_hpc multiprocessing": [sys.executable, "-m", "qcmb_hpc", input_path, "--mode", "multiprocessing",
+                                         "--workers", str(n), "--import", ENGINES, "--fresh"],
+            "ProcessPoolExecutor": [sys.executable, me, "--pool", "process", "--workers", str(n), "--input", input_path],
+            "qcmb_hpc MPI": [common.mpiexec(), "-n", str(n + 1), sys.executable, "-m", "qcmb_hpc", input_path,
+                             "--import", ENGINES, "--fresh"],
+            "MPIPoolExecutor": [common.mpiexec(), "-n", str(n + 1), sys.executable, "-m", "mpi4py.futures", me,
+                                "--pool", "mpi", "--workers", str(n), "--input", input_path],
+        }
+        runs = {k: [] for k in commands}
+        loads = []
+        for r in range(a.repeat):
+            for name, cmd in commands.items():
+                run_env = dict(env, XDG_CACHE_HOME=tempfile.mkdtemp(prefix="qcmb_hpc-bench-cache-", dir=work))
+                out = os.path.join(work, f"baseline-{r}.json")
+                full = cmd + (["--out", out] if "--pool" in cmd else [])
+                loads.append(os.getloadavg()[0])
+                launch, end = _run(full, work, run_env)
+                if name.startswith("qcmb_hpc"):
+                    with open(os.path.join(work, "w8.report.json")) as fh:
+                        rep = json.load(fh)
+                    runs[name].append(breakdown(launch, end, rep["started"], qcmb_spans(rep), n))
+                else:
+                    with open(out) as fh:
+                        b = json.load(fh)
+                    runs[name].append(breakdown(launch, end, b["started"], b["fragments"], n))
+                print(f"repeat {r + 1}: {name}: {runs[name][-1]['wall']:.2f} s", flush=True)
+
+        def med(name, key):
+            return statistics.median(x[key] for x in runs[name])
+
+        imports = import_times(work, input_path, env)
+        ratios = {
+            "multiprocessing": med("qcmb_hpc multiprocessing", "wall") / med("ProcessPoolExecutor", "wall"),
+            "mpi": med("qcmb_hpc MPI", "wall") / med("MPIPoolExecutor", "wall"),
+        }
+        data = {
+            "workload": f"(H2O){WATERS} NoCP {NBODY}-body, qcmb_sleep, 92 fragments",
+            "workers": n,
+            "repeat": a.repeat,
+            "runs": runs,
+            "median": {name: {k: med(name, k) for k in runs[name][0]} for name in runs},
+            "ratio": ratios,
+            "imports_seconds": imports,
+            "loadavg_1min_at_each_run": loads,
+            "targets": {"qcmb_hpc / pool <= 0.80 (multiprocessing)": ratios["multiprocessing"] <= 0.80,
+                        "qcmb_hpc / pool <= 0.80 (MPI)": ratios["mpi"] <= 0.80},
+        }
+        common.write_json(NAME, data)
+        keys = ["wall", "startup", "to_first_fragment", "run", "tail", "lower_bound", "run_over_lb"]
+        rows = [[name, *(f"{data['median'][name][k]:.2f}" for k in keys)] for name in runs]
+        print(common.table(["command (median of %d)" % a.repeat, *keys], rows,
+                           f"Cold start, {data['workload']}, {n} workers"))
+        print(f"qcmb_hpc / pool: multiprocessing {ratios['multiprocessing']:.2f}, MPI {ratios['mpi']:.2f} (target ≤ 0.80)")
+        print(f"imports (cumulative s, top level): coordinator {imports['coordinator']:.2f}, worker rank {imports['worker']:.2f}")
+        print(f"load average (1 min) before each run: {', '.join(f'{x:.2f}' for x in loads)}")
+        common.print_targets(data)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

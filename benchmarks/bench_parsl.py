@@ -28,7 +28,6 @@ Writes ``benchmarks/results/parsl.json`` and prints the tables. Wants a quiet ma
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys

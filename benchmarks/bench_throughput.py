@@ -90,7 +90,7 @@ def _child(comm, a: argparse.Namespace) -> None:
         comm.Barrier()
         t0 = time.perf_counter()
         comp = ParallelManyBodyComputer(big, parallel_config=cfg)
-        res = comp.compute()
+        comp.compute()
         wall = time.perf_counter() - t0
         if rank == 0:
             rep = comp.run_info

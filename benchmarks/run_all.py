@@ -1,7 +1,7 @@
 """Run every benchmark (``make bench``): each prints its table and writes JSON under benchmarks/results/.
 
-    python benchmarks/run_all.py                      # all seven, in this order
-    python benchmarks/run_all.py --only throughput    # one (scheduling, throughput, nwchem, pyscf, simulation, eta, parsl)
+    python benchmarks/run_all.py                      # all nine, in this order
+    python benchmarks/run_all.py --only throughput    # one (scheduling, throughput, nwchem, pyscf, simulation, eta, parsl, coldstart, scale)
 
 1. ``bench_scheduling.py`` — makespan / LB per strategy vs MPIPoolExecutor.map and round-robin,
    4, 8, 16 workers (MPI, ``qcmb_sleep``)                                        ~3–4 min
@@ -15,6 +15,11 @@
    (fake clock: no machine timing)                                               ~10 s
 7. ``bench_parsl.py`` — the parsl plugin against Parsl's python_app map (largest first) on
    one local block of 4 workers: makespan / LB, whole-process wall, no-op throughput  ~2 min
+8. ``bench_coldstart.py`` — the whole command, cold, 8 workers: multiprocessing against
+   ProcessPoolExecutor and mpiexec against MPIPoolExecutor (largest first), alternating, 3
+   repeats; where the time goes; imports per role                                 ~4 min
+9. ``bench_scale.py`` — (H2O)64 4-body NoCP (679,120 fragments, no-op engine): first dispatch,
+   phases and peak memory, fresh and resumed from a 600k-record journal; worker overhead  ~10 min
 
 The timing benchmarks want a quiet machine: on a shared one the numbers move with the load.
 A summary of every target is printed at the end and written to results/summary.json.
@@ -32,9 +37,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
 
-ORDER = ["scheduling", "throughput", "nwchem", "pyscf", "simulation", "eta", "parsl"]
+ORDER = ["scheduling", "throughput", "nwchem", "pyscf", "simulation", "eta", "parsl", "coldstart", "scale"]
 #: seconds each may take before it is killed (the MPI ones also time out each mpiexec world)
-TIMEOUTS = {"scheduling": 1500, "throughput": 700, "nwchem": 700, "pyscf": 1500, "simulation": 2400, "eta": 300, "parsl": 1200}
+TIMEOUTS = {"scheduling": 1500, "throughput": 700, "nwchem": 700, "pyscf": 1500, "simulation": 2400, "eta": 300, "parsl": 1200,
+            "coldstart": 1200, "scale": 2400}
 
 
 def main(argv=None) -> int:

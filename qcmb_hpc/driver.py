@@ -74,18 +74,26 @@ def run(computer: Any, fresh: bool = False, broadcast_result: bool = True, confi
                 computer.run_info = report
             return result if broadcast_result else None
         if callable(computer):
-            try:
+            with telling(pool, "reading the input"):
                 computer = computer()
-            except QCMBError as exc:
-                pool.share(error=exc)
-                raise
-            except BaseException as exc:
-                pool.fail("reading the input", exc)
-                raise
         from .gcpause import frozen
 
         with frozen():
             return _coordinate(computer, config, pool, pools, fresh, fell_back, broadcast_result)
+
+
+@contextlib.contextmanager
+def telling(pool: Any, where: str) -> Any:
+    """Errors in the block reach every process of the pool: an input error (``QCMBError``) as it
+    is — they raise it too — anything else as the failure of ``where`` (MPI: the job ends)."""
+    try:
+        yield
+    except QCMBError as exc:
+        pool.share(error=exc)
+        raise
+    except BaseException as exc:
+        pool.fail(where, exc)
+        raise
 
 
 def _coordinate(computer: Any, config: ParallelConfig, pool: Any, pools: Any, fresh: bool, fell_back: Optional[str],
@@ -97,7 +105,7 @@ def _coordinate(computer: Any, config: ParallelConfig, pool: Any, pools: Any, fr
 
     t0, started = time.perf_counter(), time.time()
     phases = Phases()  # (the run report's phases: where the time goes)
-    try:
+    with telling(pool, "planning"):
         # (the plan, the restored results, the tracker: built without the collector and never
         # traversed by it during the run, see qcmb_hpc.gcpause)
         with phases("planning"), gcpause.paused_gc(freeze=True):
@@ -112,12 +120,6 @@ def _coordinate(computer: Any, config: ParallelConfig, pool: Any, pools: Any, fr
             spec = make_spec(plan, config, layout)
             tracker = run_tracker(make_reporter(config.progress_reporting, computer.progress_reporter), plan.tasks, cost,
                                   journal.path if journal else None, mode=pool.mode)
-    except QCMBError as exc:  # a bad input: every process of the pool raises it
-        pool.share(error=exc)
-        raise
-    except BaseException as exc:
-        pool.fail("planning", exc)
-        raise
     logger.info("qcmb_hpc: %s", pool.describe(layout))
     coords: List[Any] = []
     try:
@@ -146,14 +148,8 @@ def _coordinate(computer: Any, config: ParallelConfig, pool: Any, pools: Any, fr
         fell_back=fell_back, initial_costs=cost.initial_estimates, started=started, phases=phases,
         first_dispatch=None if coords[0].out.first_dispatch is None else coords[0].out.first_dispatch - t0,
     )
-    try:
+    with telling(pool, "assembling"):
         result = computer.assemble(plan, outcome, atomic, info)
-    except QCMBError as exc:
-        pool.share(error=exc)
-        raise
-    except BaseException as exc:
-        pool.fail("assembling", exc)
-        raise
     # (the per-attempt table stays here: ~100 bytes a fragment, on every rank of a big job)
     pool.share(result if broadcast_result else None, without_attempts(computer.run_info))
     return result

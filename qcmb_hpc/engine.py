@@ -43,6 +43,7 @@ __all__ = [
     "QCEngineAdapter",
     "FragmentExecutor",
     "warm_qcengine",
+    "start_node_detection",
     "adopt_node_configuration",
     "run_fragment",
     "InlineRunner",
@@ -138,13 +139,52 @@ def _extract_properties(result: Any) -> Dict[str, Any]:
     return props
 
 
+_early_cpu_info: Optional[Any] = None  # (the thread of start_node_detection, then its answer)
+
+
+def start_node_detection() -> None:
+    """Start the slow part of QCEngine's node detection — py-cpuinfo's ``get_cpu_info()``, a
+    Python subprocess of ~1.35 s of CPU — in a background thread, so that it runs on another
+    core while this process reads the input and plans; :func:`warm_qcengine` takes its answer.
+    (Only py-cpuinfo's own call runs in the thread: importing qcengine there would race the main
+    thread's imports.)"""
+    global _early_cpu_info
+    if _early_cpu_info is not None:
+        return
+    import threading
+
+    import cpuinfo
+
+    box: List[Any] = []
+    thread = threading.Thread(target=lambda: box.append(cpuinfo.get_cpu_info()), name="qcmb-node-detection", daemon=True)
+    thread.box = box  # type: ignore[attr-defined]
+    thread.start()
+    _early_cpu_info = thread
+
+
 def warm_qcengine() -> Dict[str, Any]:
-    """Import qcengine and run its node detection (py-cpuinfo in a subprocess, ~1.35 s of CPU)
-    in this process once, so the processes forked from it (workers, isolated children) do not
-    each pay it. Returns the node description (QCEngine's ``get_global()``)."""
+    """Import qcengine and run its node detection in this process once, so the processes forked
+    from it (workers, isolated children) do not each pay it (with the CPU description
+    :func:`start_node_detection` computed, if it was started: the same function's answer).
+    Returns the node description (QCEngine's ``get_global()``)."""
+    global _early_cpu_info
     import qcengine
 
-    return qcengine.config.get_global()
+    early = _early_cpu_info
+    if early is None or getattr(qcengine.config, "_global_values", None) is not None:
+        return qcengine.config.get_global()
+    if hasattr(early, "join"):
+        early.join()
+        _early_cpu_info = early = early.box[0] if early.box else {}
+    if not early:  # (the thread failed: QCEngine computes it itself)
+        return qcengine.config.get_global()
+    import cpuinfo
+
+    computed, cpuinfo.get_cpu_info = cpuinfo.get_cpu_info, lambda: dict(early)
+    try:
+        return qcengine.config.get_global()
+    finally:
+        cpuinfo.get_cpu_info = computed
 
 
 def adopt_node_configuration(values: Dict[str, Any]) -> bool:

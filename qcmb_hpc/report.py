@@ -216,7 +216,8 @@ def run_report(
     specifications: Optional[Mapping[str, Mapping[str, Any]]] = None,
     started: Optional[float] = None,
 ) -> Dict[str, Any]:
-    """A JSON-able report of one run (stored in ``ManyBodyResult.extras["qcmb_hpc"]``).
+    """A JSON-able report of one run (``computer.run_info``, the CLI's ``NAME.report.json``; in
+    ``ManyBodyResult.extras["qcmb_hpc"]`` only with ``report_in_extras``).
 
     ``initial_costs``: task id → the estimate the task had when the run started
     (:attr:`qcmb_hpc.cost.CostModel.initial_estimates`). Without it the tasks' current ``cost`` is

@@ -13,7 +13,7 @@ import tempfile
 import pytest
 
 import qcmb_hpc.testing.engines  # noqa: F401  (registers qcmb_test, qcmb_sleep, qcmb_fault)
-from qcmb_hpc.testing.inputs import many_body_input, water_cluster
+from qcmb_hpc.testing.inputs import water_cluster
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)

@@ -104,3 +104,24 @@ def test_scratch_of_killed_workers_is_removed_by_the_next_run(tmp_path):
     removed = remove_stale_scratch(str(tmp_path), host)
     assert removed == [str(tmp_path / names["dead"])]
     assert sorted(os.listdir(tmp_path)) == sorted(n for k, n in names.items() if k != "dead")
+
+
+def test_node_detection_started_early_gives_qcengines_own_values():
+    """The CPU description computed in the background while the input is planned is what
+    QCEngine computes itself (provenance: the CPU brand), and QCEngine takes it."""
+    import json
+
+    early = """
+import json, qcmb_hpc.engine as e
+e.start_node_detection()
+v = e.warm_qcengine()
+print(json.dumps({k: v[k] for k in ("cpu_brand", "ncores", "hostname")} | {"cpuinfo": sorted(v["cpuinfo"])}))
+"""
+    own = """
+import json, qcengine
+v = qcengine.config.get_global()
+print(json.dumps({k: v[k] for k in ("cpu_brand", "ncores", "hostname")} | {"cpuinfo": sorted(v["cpuinfo"])}))
+"""
+    got = [json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+           for code in (early, own)]
+    assert got[0] == got[1] and got[0]["cpu_brand"] and len(got[0]["cpuinfo"]) > 5

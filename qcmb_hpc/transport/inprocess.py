@@ -76,6 +76,12 @@ class InProcessPool(WorkerPool):
 
     mode = "sequential"
 
+    def __enter__(self) -> "WorkerPool":
+        from ..engine import start_node_detection
+
+        start_node_detection()  # (while the input is read and planned; taken in start())
+        return self
+
     def layout(self, resources: Any, tasks: int) -> Any:
         return resources.layout(sequential=True)
 

@@ -107,6 +107,12 @@ class ProcessPool(WorkerPool):
     """Worker processes on this node (multiprocessing mode), forked once each and kept warm."""
 
     mode = "multiprocessing"
+
+    def __enter__(self) -> "WorkerPool":
+        from ..engine import start_node_detection
+
+        start_node_detection()  # (while the input is read and planned; taken in start())
+        return self
     can_fall_back = True
     survives_worker_loss = True
 

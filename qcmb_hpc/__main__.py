@@ -1,8 +1,6 @@
-"""``python -m qcmb_hpc`` → :func:`qcmb_hpc.cli.main`."""
+"""``python -m qcmb_hpc`` → :func:`qcmb_hpc.cli.main` (ended by :func:`qcmb_hpc.cli.exit_now`)."""
 
-import sys
-
-from .cli import main
+from .cli import command
 
 if __name__ == "__main__":
-    sys.exit(main())
+    command()

@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import contextlib
 import os
 import signal
 import sys
@@ -363,6 +364,32 @@ def _subcommand(argv: Sequence[str]) -> Optional[int]:
     return load_object(SUBCOMMANDS[argv[0]])(list(argv[1:]))
 
 
+def command() -> None:
+    """The ``python -m qcmb_hpc`` and ``qcmb-hpc`` process: :func:`main`, then :func:`exit_now`."""
+    exit_now(main())
+
+
+def exit_now(code: int) -> None:
+    """End the command's process without the interpreter's teardown: flush what is buffered, run
+    the ``atexit`` handlers, finalize MPI if it is up, and ``os._exit``. Tearing down the modules
+    of the whole stack costs ~0.15 s of CPU a process — under ``mpiexec -n 9`` on 2 cores that
+    was 1.3 s of wall at the end of every job; everything the command writes is closed by then."""
+    import atexit
+    import logging
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    atexit._run_exitfuncs()
+    mpi = sys.modules.get("mpi4py.MPI")
+    if mpi is not None:
+        with contextlib.suppress(Exception):
+            if mpi.Is_initialized() and not mpi.Is_finalized():
+                mpi.Finalize()
+    os._exit(code)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     code = _subcommand(argv)
@@ -400,16 +427,20 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     made: list = []
 
     def computer() -> Any:
-        """Read and check the input — on the process that coordinates only (an MPI worker rank
-        never reads it, nor imports QCManyBody's planning)."""
+        """Import the user's modules, read and check the input — on the process that coordinates
+        only (a worker imports the modules as it sets up; an MPI worker rank never reads the input,
+        nor imports QCManyBody's planning). Inside the run, so the pool is already there: a bad
+        module or input is told to every process, and QCEngine's node detection (started as a
+        local pool is entered) runs meanwhile."""
+        from .loading import import_modules
+
+        import_modules(config.imports)
         made.append(_computer(load_input(input_path), config))
         return made[0]
 
     try:
         from .driver import run
-        from .loading import import_modules
 
-        import_modules(config.imports)
         result = run(computer, fresh=args.fresh, broadcast_result=False, config=config)
         comp = made[0] if made else None
         if comp is not None:

@@ -1,4 +1,4 @@
-"""``python -m qcmb_hpc`` → :func:`qcmb_hpc.cli.main` (ended by :func:`qcmb_hpc.cli.exit_now`)."""
+"""``python -m qcmb_hpc`` → :func:`qcmb_hpc.cli.main` (through :func:`qcmb_hpc.cli.command`)."""
 
 from .cli import command
 

@@ -49,7 +49,9 @@ def local_config(workers: int, run_dir: str):
 
     tmp = tempfile.mkdtemp(prefix="qcmb-bench-", dir=run_dir)
     provider = LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1, worker_init=f"export TMPDIR={tmp}")
-    ex = HighThroughputExecutor(label="bench", address="127.0.0.1", max_workers_per_node=workers, provider=provider)
+    # (HTEX starts min(max_workers_per_node, cores / cores_per_worker) workers: N sleeping workers on 2 cores)
+    ex = HighThroughputExecutor(label="bench", address="127.0.0.1", max_workers_per_node=workers, provider=provider,
+                                cores_per_worker=min(1.0, (os.cpu_count() or 1) / workers))
     return Config(executors=[ex], run_dir=run_dir, strategy="none", usage_tracking=0)
 
 

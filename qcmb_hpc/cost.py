@@ -541,6 +541,22 @@ class CostModel:
         """The pricing group of a FragmentTask: fragments of one group always get one estimate."""
         return (self.keys[task.mc], self.size(task.mc, task.real, task.basis))
 
+    def groups(self, tasks: Iterable[Any]) -> List[Tuple[Key, float]]:
+        """:meth:`group` of each of ``tasks``, in order; one sizer per model chemistry and one
+        tuple per group (a ledger of 680k fragments is built in a fraction of a second)."""
+        sizers = {mc: self._sizer(mc) for mc in self.keys}
+        made: Dict[Tuple[str, float], Tuple[Key, float]] = {}
+        out: List[Tuple[Key, float]] = []
+        for t in tasks:
+            mc = t.mc
+            lookup, by_real = sizers[mc]
+            x = float(sum(map(lookup, t.real if by_real else t.basis)))
+            g = made.get((mc, x))
+            if g is None:
+                g = made[(mc, x)] = (self.keys[mc], x)
+            out.append(g)
+        return out
+
     def group_estimate(self, group: Tuple[Key, float]) -> float:
         """The current estimate of the fragments of ``group`` (after any refit)."""
         return self.fit_for(group[0])(group[1])

@@ -173,11 +173,12 @@ def ledger_for(tasks: Sequence[Any], cost_model: Any = None) -> CostLedger:
     """The ledger of ``tasks`` (ids 0..n-1, in order): priced by ``cost_model``'s current fits
     (:meth:`~qcmb_hpc.cost.CostModel.group`, ``group_estimate``, ``revision``), or without one by
     each task's fixed ``cost``."""
-    ordered = sorted(tasks, key=lambda t: t.id)
-    if [t.id for t in ordered] != list(range(len(ordered))):
-        raise ValueError("task ids must be 0..n-1")
+    ordered = tasks
+    if any(t.id != i for i, t in enumerate(tasks)):  # (a plan's tasks are in id order: no sort)
+        ordered = sorted(tasks, key=lambda t: t.id)
+        if any(t.id != i for i, t in enumerate(ordered)):
+            raise ValueError("task ids must be 0..n-1")
     if cost_model is None or not hasattr(cost_model, "group"):
         return CostLedger([float(t.cost) for t in ordered], float)
-    return CostLedger(
-        [cost_model.group(t) for t in ordered], cost_model.group_estimate, lambda: cost_model.revision
-    )
+    groups = cost_model.groups(ordered) if hasattr(cost_model, "groups") else [cost_model.group(t) for t in ordered]
+    return CostLedger(groups, cost_model.group_estimate, lambda: cost_model.revision)

@@ -167,10 +167,13 @@ def default_config(workers: int, run_dir: str, pythonpath: Optional[str] = None)
     if pythonpath:
         init.append(f"export PYTHONPATH={_quote(pythonpath)}")
     provider = LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1, worker_init="\n".join(init))
-    # (heartbeats every 5 s: a worker process that died is restarted within that, not 30 s)
+    workers = max(1, int(workers))
+    # (heartbeats every 5 s: a worker process that died is restarted within that, not 30 s;
+    # HTEX starts min(max_workers_per_node, cores / cores_per_worker) workers: a layout of more
+    # workers than cores, which qcmb_hpc has already warned about, gets them all)
     executor = HighThroughputExecutor(
-        label=LOCAL_LABEL, address="127.0.0.1", max_workers_per_node=max(1, int(workers)), provider=provider,
-        heartbeat_period=5, heartbeat_threshold=30,
+        label=LOCAL_LABEL, address="127.0.0.1", max_workers_per_node=workers, provider=provider,
+        cores_per_worker=min(1.0, (os.cpu_count() or 1) / workers), heartbeat_period=5, heartbeat_threshold=30,
     )
     return Config(executors=[executor], run_dir=run_dir, strategy="none", usage_tracking=0)
 

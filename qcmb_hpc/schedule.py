@@ -79,6 +79,7 @@ __all__ = [
     "steal_split",
     "makespan_lower_bound",
     "may_queue",
+    "queue_limit",
     "TAIL_SHARE",
     "Scheduler",
 ]
@@ -186,6 +187,20 @@ def steal_split(costs: Sequence[float]) -> int:
     return max(1, k) if costs else 0
 
 
+def queue_limit(
+    open_work: float,
+    n_workers: int,
+    total_work: float = 0.0,
+    share: Optional[float] = None,
+    slack: Optional[float] = None,
+) -> float:
+    """How much upper-quantile work a worker may hold with more queued behind it (see
+    :func:`may_queue`): ``(share·open_work + slack·total_work) / n_workers``."""
+    share = TAIL_SHARE if share is None else share
+    slack = TAIL_SLACK if slack is None else slack
+    return (share * open_work + slack * total_work) / max(1, n_workers)
+
+
 def may_queue(
     held: float,
     upper: float,
@@ -199,14 +214,9 @@ def may_queue(
     whose upper-quantile times sum to ``held``? Yes if the worker holds nothing, or if all of it
     ends within ``share`` of the balanced time left (``open_work``, the estimated work not
     finished yet, over the workers) plus ``slack`` of the run's balanced time (``total_work``, all
-    of the run's estimated work, over the workers): ``held + upper ≤ (share·open_work +
-    slack·total_work) / n_workers``. ``share`` and ``slack``: :data:`TAIL_SHARE` and
-    :data:`TAIL_SLACK` unless given."""
-    if held <= 0.0:
-        return True
-    share = TAIL_SHARE if share is None else share
-    slack = TAIL_SLACK if slack is None else slack
-    return held + upper <= (share * open_work + slack * total_work) / max(1, n_workers)
+    of the run's estimated work, over the workers): ``held + upper ≤`` :func:`queue_limit`.
+    ``share`` and ``slack``: :data:`TAIL_SHARE` and :data:`TAIL_SLACK` unless given."""
+    return held <= 0.0 or held + upper <= queue_limit(open_work, n_workers, total_work, share, slack)
 
 
 def makespan_lower_bound(seconds: Sequence[float], n_workers: int) -> float:
@@ -305,14 +315,12 @@ class Scheduler:
         upper = self.upper
         return sorted(((-upper(i), i) for i in ids), reverse=True)
 
-    def _hold(self, w: int, ids: Sequence[int]) -> None:
-        """Tail guard: ``ids`` are now held by ``w``."""
-        total = 0.0
-        held_upper = self._held_upper
-        for t in ids:
-            u = held_upper[t] = self.upper(t)
-            total += u
-        self._held[w] = self._held.get(w, 0.0) + total
+    def _hold(self, w: int, ids: Sequence[int], uppers: Optional[Sequence[float]] = None) -> None:
+        """Tail guard: ``ids`` are now held by ``w`` (``uppers``: their :meth:`upper`, if known)."""
+        if uppers is None:
+            uppers = [self.upper(t) for t in ids]
+        self._held_upper.update(zip(ids, uppers))
+        self._held[w] = self._held.get(w, 0.0) + sum(uppers)
 
     def _release(self, w: int, tid: int, finished: bool) -> None:
         """Tail guard: ``w`` no longer holds ``tid`` (``finished``: it will not run again)."""
@@ -342,13 +350,14 @@ class Scheduler:
         self._unstarted[w] = unstarted
         self._set_load(w)
 
-    def _sent_extend(self, w: int, ids: List[int]) -> None:
-        """Send ``ids`` to ``w`` (bookkeeping): all but those that will start at once are unstarted work."""
+    def _sent_extend(self, w: int, ids: List[int], uppers: Optional[List[float]] = None) -> None:
+        """Send ``ids`` to ``w`` (bookkeeping): all but those that will start at once are unstarted
+        work (``uppers``: their :meth:`upper`, if the caller has them)."""
         q = self.sent[w]
         skip = max(0, self._skip.get(w, 1) - len(q))
         q.extend(ids)
         if self.tail_guard:
-            self._hold(w, ids)
+            self._hold(w, ids, uppers)
         if len(ids) > skip:
             self._unstarted[w] = self._unstarted.get(w, 0.0) + sum(map(self.costs.__getitem__, ids[skip:]))
         self._set_load(w)
@@ -395,22 +404,35 @@ class Scheduler:
             return []
         room = 1 + self.prefetch - len(self.sent[w])
         out: List[int] = []
-        guard = self.tail_guard
-        held = self._held.get(w, 0.0) if guard and self.sent[w] else 0.0
-        while room > 0:
-            if guard and held > 0.0:  # would queue behind something: only if it fits (may_queue)
-                nxt = self._next_for(w, take=False)
-                if nxt is None or not may_queue(held, self.upper(nxt), self._open, len(self.workers), self._total):
+        if not self.tail_guard:
+            while room > 0:
+                tid = self._next_for(w)
+                if tid is None:
                     break
-            tid = self._next_for(w)
+                out.append(tid)
+                room -= 1
+            if out:
+                self._sent_extend(w, out)
+            return out
+        # the tail guard: a task may queue behind held work only if it fits (may_queue; the limit
+        # does not change within this call, and each task's upper quantile is computed once)
+        held = self._held.get(w, 0.0) if self.sent[w] else 0.0
+        limit = queue_limit(self._open, len(self.workers), self._total)
+        uppers: List[float] = []
+        while room > 0:
+            tid = self._next_for(w, take=False)
             if tid is None:
                 break
+            u = self.upper(tid)
+            if held > 0.0 and held + u > limit:
+                break
+            self._next_for(w)
             out.append(tid)
+            uppers.append(u)
+            held += u
             room -= 1
-            if guard:
-                held += self.upper(tid)
         if out:
-            self._sent_extend(w, out)
+            self._sent_extend(w, out, uppers)
         return out
 
     def _next_for(self, w: int, take: bool = True) -> Optional[int]:

@@ -62,7 +62,12 @@ def test_ledger_follows_the_real_cost_model():
     plan = skewed_plan(waters=4, max_nbody=3)
     model = CostModel(plan.core.molecule, plan.specifications)
     model.estimate_tasks(plan.tasks)
+    assert model.groups(plan.tasks) == [model.group(t) for t in plan.tasks]  # the bulk form is the same
     led = ledger_for(plan.tasks, model)
+    shuffled = list(reversed(plan.tasks))
+    assert ledger_for(shuffled, model).sums() == led.sums()  # any order of the same ids
+    with pytest.raises(ValueError, match="0..n-1"):
+        ledger_for(plan.tasks[1:], model)
     assert led.sums()[0] == pytest.approx(sum(t.cost for t in plan.tasks))
     rev = model.revision
     for t in plan.tasks:  # measured times growing more slowly than the default exponent says

@@ -170,6 +170,42 @@ def test_builtin_local_configuration(tmp_path):
     assert ran and all(info["threads"] == 1 for info in ran.values()), rep["worker_layout"]
 
 
+def meet(folder, n, deadline):
+    """A Parsl task: arrive at the barrier in ``folder`` and wait (until ``deadline``) for ``n``
+    tasks to be there at once; returns how many were."""
+    import os
+    import time
+
+    open(os.path.join(folder, str(os.getpid())), "w").close()
+    while len(os.listdir(folder)) < n and time.time() < deadline:
+        time.sleep(0.02)
+    return len(os.listdir(folder))
+
+
+def test_builtin_configuration_starts_every_worker(tmp_path):
+    """The built-in block runs as many workers at once as qcmb_hpc's layout asks for, also more
+    than the cores (HTEX by itself starts one per core): ``cores + 1`` tasks meet at a barrier."""
+    from parsl.app.python import PythonApp
+
+    from qcmb_hpc.parsl_plugin import default_config, parsl_scripts_on_path
+
+    n = (os.cpu_count() or 1) + 1
+    folder = tmp_path / "barrier"
+    folder.mkdir()
+    run_dir = tempfile.mkdtemp(prefix="qcmbp-")  # (short: the block's TMPDIR goes under it)
+    with parsl_scripts_on_path():
+        dfk = parsl.load(default_config(n, run_dir, pythonpath=HERE))
+        try:
+            app = PythonApp(meet, data_flow_kernel=dfk)
+            deadline = time.time() + 60
+            met = [f.result(timeout=DEADLINE) for f in [app(str(folder), n, deadline) for _ in range(n)]]
+        finally:
+            dfk.cleanup()
+            parsl.clear()
+            shutil.rmtree(run_dir, ignore_errors=True)
+    assert met == [n] * n, f"{met}: not all {n} workers ran at once"
+
+
 def test_a_killed_block_loses_nothing(tmp_path, block_tmp, importable, monkeypatch):
     """Two blocks of one worker each; every worker finishes a fragment and holds the next; one
     block is killed for real (SIGKILL to its process group: the manager, the worker, the bash

@@ -265,8 +265,6 @@ def test_a_killed_block_loses_nothing(tmp_path, block_tmp, importable, monkeypat
 
 
 def test_load_config_from_a_file_a_module_and_an_object(tmp_path):
-    from parsl.config import Config
-
     from qcmb_hpc.errors import InputDataError
     from qcmb_hpc.parsl_plugin import load_config
 

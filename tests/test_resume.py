@@ -154,6 +154,9 @@ def test_signal_stops_flushes_and_resumes(tmp_path, sig, code):
     assert load_report(tmp_path / "job.result.json")["restored"] == len(done)
     counts, _ = executions(rec, inp)
     assert all(c == 1 for c in counts.values()) and len(counts) == len(plan.tasks)
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    assert_same_result(reference(sleep_input(clean, base=0.0)), res, exact=True, check_shape=False)
 
 
 def test_sigterm_to_mpiexec(tmp_path):

@@ -30,7 +30,6 @@ import re
 import shutil
 import signal
 import sys
-import tempfile
 import time
 
 import pytest

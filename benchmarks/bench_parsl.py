@@ -11,16 +11,18 @@ One local HighThroughputExecutor block of N workers (``--workers``, default 4), 
   estimates (what the coordinator starts from), HTEX handing each to the next free worker. Both
   warm (one warm-up run each). makespan: qcmb_hpc's coordinator run (start to last goodbye: the
   Parsl tasks' dispatch and the workers' connecting included); the map's first submit to last
-  result. ``LB = max(sum of measured fragment times / N, longest)``.
+  result. ``LB = max(sum of measured fragment times / N, longest)``. ``--repeat`` runs of each,
+  alternating; the run of median makespan / LB is reported (and every run in the JSON).
 * **Whole process, cold** — each in a fresh process, start to exit: ``python -m qcmb_hpc
   input.json --mode parsl --workers N`` (the built-in local block: Parsl's start-up, planning, the
   run, assembly, the block's shutdown); and a script that loads the same local config, plans with
-  QCManyBody, maps the fragments as in (b), assembles with QCManyBody and cleans up.
+  QCManyBody, maps the fragments as in (b), assembles with QCManyBody and cleans up. ``--repeat``
+  of each, alternating; medians.
 * **No-op throughput** — (H2O)``--noop-waters`` NoCP ``--noop-nbody``-body, program ``qcmb_noop``
   (``noop_engine.py``: no molecule built, no qcengine call): fragments per second of qcmb_hpc's
   coordinator makespan, against ``python_app`` tasks that do nothing (first submit to last result).
 
-    python benchmarks/bench_parsl.py [--workers 4] [--lb 4] [--noop-waters 20] [--noop-nbody 3]
+    python benchmarks/bench_parsl.py [--workers 4] [--lb 4] [--noop-waters 20] [--noop-nbody 3] [--repeat 3]
 
 Writes ``benchmarks/results/parsl.json`` and prints the tables. Wants a quiet machine.
 """
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -95,6 +98,11 @@ def run_map(app, items):
     return time.perf_counter() - t0, got
 
 
+def median_run(runs: list) -> dict:
+    """The run of median makespan / LB, with every run kept (``runs``)."""
+    return {**sorted(runs, key=lambda r: r["ratio"])[len(runs) // 2], "runs": runs}
+
+
 def warm(a: argparse.Namespace) -> dict:
     """The warm, side-by-side part (one process, one loaded DataFlowKernel)."""
     import parsl
@@ -126,22 +134,26 @@ def warm(a: argparse.Namespace) -> dict:
             plan, items = largest_first(base)
             run_map(sleep_app, items[: 4 * n])  # warm-up: every block worker imports qcengine and runs it once
             ParallelManyBodyComputer(make_input(base / 50), parallel_config=cfg).compute()  # warm-up
-            t = time.perf_counter()
-            ParallelManyBodyComputer(inp, parallel_config=cfg).compute()
-            wall = time.perf_counter() - t
-            o = captured["out"]
-            secs = [s for (_, _, _, s) in o.timings]
-            lb = makespan_lower_bound(secs, n)
-            first = {}
-            for _, w, st, _ in o.timings:
-                first[w] = min(first.get(w, 1e30), st - captured["t0"])
-            out["qcmb_hpc"] = {"makespan": o.makespan, "lower_bound": lb, "ratio": o.makespan / lb, "compute_wall": wall,
+            q_runs, m_runs = [], []
+            for _ in range(a.repeat):  # alternating, so a drift of the machine hits both alike
+                t = time.perf_counter()
+                ParallelManyBodyComputer(inp, parallel_config=cfg).compute()
+                wall = time.perf_counter() - t
+                o = captured["out"]
+                secs = [s for (_, _, _, s) in o.timings]
+                lb = makespan_lower_bound(secs, n)
+                first = {}
+                for _, w, st, _ in o.timings:
+                    first[w] = min(first.get(w, 1e30), st - captured["t0"])
+                q_runs.append({"makespan": o.makespan, "lower_bound": lb, "ratio": o.makespan / lb, "compute_wall": wall,
                                "steals": o.steals, "fragments": len(secs), "workers_used": len(first),
-                               "first_start_median": sorted(first.values())[len(first) // 2]}
-            makespan, got = run_map(sleep_app, items)
-            secs = [s for _, s in got.values()]
-            lb = makespan_lower_bound(secs, n)
-            out["python_app"] = {"makespan": makespan, "lower_bound": lb, "ratio": makespan / lb, "fragments": len(secs)}
+                               "first_start_median": sorted(first.values())[len(first) // 2]})
+                makespan, got = run_map(sleep_app, items)
+                secs = [s for _, s in got.values()]
+                lb = makespan_lower_bound(secs, n)
+                m_runs.append({"makespan": makespan, "lower_bound": lb, "ratio": makespan / lb, "fragments": len(secs)})
+            out["qcmb_hpc"] = median_run(q_runs)
+            out["python_app"] = median_run(m_runs)
             # no-op throughput
             big = many_body_input(common.water(a.noop_waters), program="qcmb_noop", bsse_type=["nocp"], max_nbody=a.noop_nbody)
             ParallelManyBodyComputer(big, parallel_config=cfg).compute()
@@ -196,20 +208,20 @@ def cold(a: argparse.Namespace, base: float) -> dict:
     with open(path, "w") as fh:
         fh.write(make_input(base).model_dump_json())
     env = common.child_env()
-    out = {}
-    t = time.perf_counter()
-    cp = subprocess.run([sys.executable, "-m", "qcmb_hpc", path, "--mode", "parsl", "--workers", str(a.workers),
-                         "--import", "qcmb_hpc.testing.engines", "--no-checkpoint", "--no-cost-history", "--no-progress",
-                         "--no-isolate-fragments", "--log-level", "ERROR"], env=env, capture_output=True, text=True, timeout=900)
-    out["qcmb_hpc_cli"] = time.perf_counter() - t
-    if cp.returncode != 0:
-        raise SystemExit(f"the qcmb_hpc command line failed ({cp.returncode}): {cp.stderr[-2000:]}")
-    t = time.perf_counter()
-    cp = subprocess.run([sys.executable, os.path.abspath(__file__), "--cold-map", "--workers", str(a.workers), "--base", repr(base)],
-                        env=env, capture_output=True, text=True, timeout=900)
-    out["python_app_script"] = time.perf_counter() - t
-    if cp.returncode != 0:
-        raise SystemExit(f"the python_app script failed ({cp.returncode}): {cp.stderr[-2000:]}")
+    cli = [sys.executable, "-m", "qcmb_hpc", path, "--mode", "parsl", "--workers", str(a.workers),
+           "--import", "qcmb_hpc.testing.engines", "--no-checkpoint", "--no-cost-history", "--no-progress",
+           "--no-isolate-fragments", "--log-level", "ERROR"]
+    script = [sys.executable, os.path.abspath(__file__), "--cold-map", "--workers", str(a.workers), "--base", repr(base)]
+    walls = {"qcmb_hpc_cli": [], "python_app_script": []}
+    for _ in range(a.repeat):  # alternating
+        for key, cmd in (("qcmb_hpc_cli", cli), ("python_app_script", script)):
+            t = time.perf_counter()
+            cp = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+            walls[key].append(time.perf_counter() - t)
+            if cp.returncode != 0:
+                raise SystemExit(f"{key} failed ({cp.returncode}): {cp.stderr[-2000:]}")
+    out = {key: statistics.median(v) for key, v in walls.items()}
+    out["runs"] = walls
     import shutil
 
     shutil.rmtree(work, ignore_errors=True)
@@ -222,7 +234,8 @@ def report(d: dict) -> None:
         ["", "makespan s", "LB s", "makespan / LB", "whole process s (cold)"],
         [["qcmb_hpc, mode parsl", q["makespan"], q["lower_bound"], q["ratio"], d["cold"]["qcmb_hpc_cli"]],
          ["python_app map, largest first", m["makespan"], m["lower_bound"], m["ratio"], d["cold"]["python_app_script"]]],
-        f"Scheduling workload through one local Parsl block of {d['workers']} workers ({q['fragments']} fragments)",
+        f"Scheduling workload through one local Parsl block of {d['workers']} workers ({q['fragments']} fragments; "
+        f"median of {len(q['runs'])} alternating runs, load average {d['machine'].get('loadavg', ['?'])[0]})",
     ))
     print(f"qcmb_hpc: {q['workers_used']} workers took part; the median worker started its first fragment "
           f"{q['first_start_median']:.3f} s after the coordinator started (the Parsl task's dispatch and the connection)")
@@ -241,6 +254,7 @@ def main(argv=None) -> int:
     p.add_argument("--lb", type=float, default=4.0, help="lower bound of the scheduling workload, seconds")
     p.add_argument("--noop-waters", type=int, default=20)
     p.add_argument("--noop-nbody", type=int, default=3)
+    p.add_argument("--repeat", type=int, default=3, help="runs of each (alternating; the median is reported)")
     p.add_argument("--cold-map", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--base", type=float, help=argparse.SUPPRESS)
     a = p.parse_args(argv)

@@ -140,6 +140,7 @@ def cli_run(work: str, name: str, stop_after: Optional[int], timeout: float) -> 
         "first_dispatch_from_start": launch + rep["first_dispatch_seconds"],
         "phases": rep.get("phases", {}),
         "peak_rss": rep.get("peak_rss_bytes"),
+        "peak_rss_steps": rep.get("peak_rss_steps_bytes"),
         "peak_rss_polled": watch.hwm or None,
         "computed": rep["computed"],
         "restored": rep["restored"],
@@ -196,7 +197,8 @@ def api_child(a: argparse.Namespace) -> None:
     with open(a.out, "w") as fh:
         json.dump({
             "wall": wall, "launch": 0.0, "first_dispatch_from_start": rep["first_dispatch_seconds"],
-            "phases": rep["phases"], "peak_rss": rep["peak_rss_bytes"], "computed": rep["computed"],
+            "phases": rep["phases"], "peak_rss": rep["peak_rss_bytes"], "peak_rss_steps": rep.get("peak_rss_steps_bytes"),
+            "computed": rep["computed"],
             "restored": rep["restored"], "fragments": rep["fragments"],
         }, fh)
 
@@ -306,6 +308,10 @@ def median_run(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
                            if any(r.get(k) is not None for r in runs)}
     names = {p for r in runs for p in r["phases"]}
     out["phases"] = {p: statistics.median(r["phases"].get(p, 0.0) for r in runs) for p in names}
+    steps = {k for r in runs for k in (r.get("peak_rss_steps") or {})}
+    if steps:
+        out["peak_rss_steps"] = {k: statistics.median(r["peak_rss_steps"][k] for r in runs if (r.get("peak_rss_steps") or {}).get(k))
+                                 for k in steps}
     out["runs"] = runs
     return out
 
@@ -396,6 +402,11 @@ def report() -> Dict[str, Any]:
     loads = sorted({round(r['loadavg'], 2) for c in cases.values() for r in c['runs'] if 'loadavg' in r})
     if loads:
         print(f"load average (1 min) at the runs: {min(loads):.2f}–{max(loads):.2f}")
+    steps = [[name, *[(c["peak_rss_steps"] or {}).get(k, 0) / GiB for k in ("before_assembly", "analyze", "get_results")]]
+             for name, c in cases.items() if c.get("peak_rss_steps")]
+    if steps:
+        print(common.table(["case", "before assembly", "after analyze", "after get_results"], steps,
+                           "Coordinator peak RSS, GiB, through assembly (QCManyBody's analyze, then its ManyBodyResult)"))
     w = d.get("worker_overhead")
     if w:
         print_overhead(d, w)

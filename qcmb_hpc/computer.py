@@ -235,10 +235,14 @@ class ParallelManyBodyComputer(ManyBodyComputer):
             if plan.keep_atomic_results:
                 merged = {**atomic, **outcome.atomic_results}
                 component_results = {t.label: merged[t.id] for t in plan.tasks if t.id in merged}
+            # (where the memory goes at scale: QCManyBody's result object holds one set of
+            # properties per fragment; the peaks before and after each step are in the report)
+            memory = report["peak_rss_steps_bytes"] = {"before_assembly": report["peak_rss_bytes"]}
             analyze_back = plan.core.analyze(component_properties)
+            memory["analyze"] = peak_rss()
             analyze_back["nbody_number"] = len(component_properties)
             result = plan.upstream.get_results(external_results=analyze_back, component_results=component_results)
-        report["peak_rss_bytes"] = peak_rss()  # now through assembly
+        report["peak_rss_bytes"] = memory["get_results"] = peak_rss()  # now through assembly
         if config.report_in_extras:
             result = result.model_copy(update={"extras": {**result.extras, "qcmb_hpc": report}})
         return result

@@ -44,6 +44,7 @@ __all__ = [
     "FragmentExecutor",
     "warm_qcengine",
     "start_node_detection",
+    "cpu_description",
     "adopt_node_configuration",
     "run_fragment",
     "InlineRunner",
@@ -141,22 +142,62 @@ def _extract_properties(result: Any) -> Dict[str, Any]:
 
 _early_cpu_info: Optional[Any] = None  # (the thread of start_node_detection, then its answer)
 
+#: py-cpuinfo's ``get_cpu_info()`` as its own subprocess computes it (``cpuinfo.py --json``: every
+#: source in turn, each filling only the fields still missing), except that the CPUID source's
+#: clock measurement — a 1 s sleep in a child process, which its parent busy-waits for — is skipped
+#: when an earlier source already gave the clock: py-cpuinfo would discard that measurement.
+_CPU_INFO_SCRIPT = r"""
+import json, sys
+import cpuinfo.cpuinfo as c
+seen = {}
+copy_fields, raw_hz = c._copy_new_fields, c.CPUID.get_raw_hz
+def _copy(info, new):
+    seen["info"] = info
+    return copy_fields(info, new)
+def _hz(self):
+    info = seen.get("info") or {}
+    return 0 if info.get("hz_actual") and info.get("hz_actual_friendly") else raw_hz(self)
+c._copy_new_fields, c.CPUID.get_raw_hz = _copy, _hz
+c._check_arch()
+info = c._get_cpu_info_internal()
+if not info:
+    sys.exit(1)
+print(json.dumps(info))
+"""
+
+
+def cpu_description() -> Dict[str, Any]:
+    """What ``cpuinfo.get_cpu_info()`` returns (QCEngine's CPU description: the brand in every
+    result's provenance), in ~0.1 s instead of > 1 s where the clock is known without measuring
+    it (see :data:`_CPU_INFO_SCRIPT`); py-cpuinfo's own call if that fails."""
+    import json
+    import subprocess
+    import sys
+
+    import cpuinfo
+
+    try:
+        out = subprocess.run([sys.executable, "-c", _CPU_INFO_SCRIPT], capture_output=True, text=True, timeout=60)
+        if out.returncode == 0:
+            return json.loads(out.stdout, object_hook=cpuinfo.cpuinfo._utf_to_str)
+    except (OSError, ValueError, subprocess.SubprocessError, AttributeError):
+        pass
+    return cpuinfo.get_cpu_info()
+
 
 def start_node_detection() -> None:
-    """Start the slow part of QCEngine's node detection — py-cpuinfo's ``get_cpu_info()``, a
-    Python subprocess of ~1.35 s of CPU — in a background thread, so that it runs on another
-    core while this process reads the input and plans; :func:`warm_qcengine` takes its answer.
-    (Only py-cpuinfo's own call runs in the thread: importing qcengine there would race the main
+    """Start the slow part of QCEngine's node detection — the CPU description
+    (:func:`cpu_description`, a Python subprocess) — in a background thread, so that it runs on
+    another core while this process reads the input and plans; :func:`warm_qcengine` takes its
+    answer. (Only that call runs in the thread: importing qcengine there would race the main
     thread's imports.)"""
     global _early_cpu_info
     if _early_cpu_info is not None:
         return
     import threading
 
-    import cpuinfo
-
     box: List[Any] = []
-    thread = threading.Thread(target=lambda: box.append(cpuinfo.get_cpu_info()), name="qcmb-node-detection", daemon=True)
+    thread = threading.Thread(target=lambda: box.append(cpu_description()), name="qcmb-node-detection", daemon=True)
     thread.box = box  # type: ignore[attr-defined]
     thread.start()
     _early_cpu_info = thread
@@ -164,20 +205,20 @@ def start_node_detection() -> None:
 
 def warm_qcengine() -> Dict[str, Any]:
     """Import qcengine and run its node detection in this process once, so the processes forked
-    from it (workers, isolated children) do not each pay it (with the CPU description
-    :func:`start_node_detection` computed, if it was started: the same function's answer).
+    from it (workers, isolated children) do not each pay it — with the CPU description
+    :func:`start_node_detection` computed if it was started, else :func:`cpu_description` now.
     Returns the node description (QCEngine's ``get_global()``)."""
     global _early_cpu_info
     import qcengine
 
-    early = _early_cpu_info
-    if early is None or getattr(qcengine.config, "_global_values", None) is not None:
+    if getattr(qcengine.config, "_global_values", None) is not None:
         return qcengine.config.get_global()
+    early = _early_cpu_info
     if hasattr(early, "join"):
         early.join()
-        _early_cpu_info = early = early.box[0] if early.box else {}
-    if not early:  # (the thread failed: QCEngine computes it itself)
-        return qcengine.config.get_global()
+        _early_cpu_info = early = early.box[0] if early.box else None
+    if not early:
+        early = cpu_description()
     import cpuinfo
 
     computed, cpuinfo.get_cpu_info = cpuinfo.get_cpu_info, lambda: dict(early)

@@ -106,6 +106,19 @@ def test_scratch_of_killed_workers_is_removed_by_the_next_run(tmp_path):
     assert sorted(os.listdir(tmp_path)) == sorted(n for k, n in names.items() if k != "dead")
 
 
+def test_cpu_description_is_py_cpuinfos():
+    """The fast CPU description is py-cpuinfo's ``get_cpu_info()``, field for field (the current
+    clock from /proc/cpuinfo, which moves with frequency scaling between any two calls, aside)."""
+    import cpuinfo
+
+    from qcmb_hpc.engine import cpu_description
+
+    fast, slow = cpu_description(), cpuinfo.get_cpu_info()
+    assert sorted(fast) == sorted(slow) and fast["brand_raw"]
+    moving = ("hz_actual", "hz_actual_friendly")
+    assert {k: v for k, v in fast.items() if k not in moving} == {k: v for k, v in slow.items() if k not in moving}
+
+
 def test_node_detection_started_early_gives_qcengines_own_values():
     """The CPU description computed in the background while the input is planned is what
     QCEngine computes itself (provenance: the CPU brand), and QCEngine takes it."""

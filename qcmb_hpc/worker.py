@@ -103,6 +103,23 @@ def remove_scratch(workers: Any) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
+def process_exists(pid: int) -> bool:
+    """Whether process ``pid`` is alive here (any user's). A zombie — killed, not yet reaped by
+    its new parent, as a SIGKILLed run's workers are for a moment — is not."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # (another user's)
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            state = fh.read().rpartition(b")")[2].split()[0]  # (the name, in parentheses, may hold spaces)
+    except (OSError, IndexError):
+        return True
+    return state not in (b"Z", b"X")
+
+
 def remove_stale_scratch(root: str, host: Optional[str] = None) -> List[str]:
     """Remove the scratch directories under ``root`` that workers on this host left when they were
     killed (SIGKILL, a node's OOM killer, ``scancel``): named ``qcmb_hpc-<host>-<pid>-w<n>-…``
@@ -119,12 +136,7 @@ def remove_stale_scratch(root: str, host: Optional[str] = None) -> List[str]:
         pid, _, rest = name[len(prefix):].partition("-")
         if not name.startswith(prefix) or not pid.isdigit() or not rest.startswith("w"):
             continue
-        try:
-            os.kill(int(pid), 0)
-            continue  # alive (or another user's: PermissionError below)
-        except ProcessLookupError:
-            pass
-        except OSError:
+        if process_exists(int(pid)):
             continue
         path = os.path.join(root, name)
         shutil.rmtree(path, ignore_errors=True)

@@ -5,6 +5,7 @@ the upstream-compatible entry points; MPI with one rank runs sequentially."""
 import os
 import subprocess
 import sys
+import time
 
 
 import probe_engine  # noqa: F401  (registers qcmb_probe in this process; workers inherit it)
@@ -101,9 +102,27 @@ def test_scratch_of_killed_workers_is_removed_by_the_next_run(tmp_path):
     for name in names.values():
         (tmp_path / name).mkdir()
         (tmp_path / name / "file").write_text("x")
-    removed = remove_stale_scratch(str(tmp_path), host)
-    assert removed == [str(tmp_path / names["dead"])]
-    assert sorted(os.listdir(tmp_path)) == sorted(n for k, n in names.items() if k != "dead")
+    # a killed process not reaped yet (a zombie: SIGKILLed workers whose parent died too, for a
+    # moment) is gone as well
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 60
+    while stat_state(zombie.pid) != "Z":
+        assert time.monotonic() < deadline, "the child never exited"
+        time.sleep(0.01)
+    names["zombie"] = f"qcmb_hpc-{host}-{zombie.pid}-w2-abc"
+    for name in names.values():
+        (tmp_path / name).mkdir(exist_ok=True)
+    try:
+        removed = remove_stale_scratch(str(tmp_path), host)
+    finally:
+        zombie.wait()
+    assert sorted(removed) == sorted(str(tmp_path / names[k]) for k in ("dead", "zombie"))
+    assert sorted(os.listdir(tmp_path)) == sorted(n for k, n in names.items() if k not in ("dead", "zombie"))
+
+
+def stat_state(pid):
+    with open(f"/proc/{pid}/stat") as fh:
+        return fh.read().rpartition(")")[2].split()[0]
 
 
 def test_cpu_description_is_py_cpuinfos():

@@ -282,7 +282,7 @@ def test_input_errors_are_not_retried_by_qcmb_hpc():
 
 
 def test_task_config_sets_threads_memory_and_scratch(monkeypatch, tmp_path):
-    """ncores → PySCF's OpenMP threads and the BLAS threads; memory (GiB) → Mole.max_memory (MB);
+    """ncores → PySCF's OpenMP threads, BLAS held to one; memory (GiB) → Mole.max_memory (MB);
     scratch_directory → PySCF's temporary files (a directory of their own, removed afterwards);
     all put back after the call."""
     from pyscf import lib
@@ -320,9 +320,14 @@ def test_task_config_sets_threads_memory_and_scratch(monkeypatch, tmp_path):
     assert list(scratch.iterdir()) == []  # nothing left behind
     assert (lib.num_threads(), lib.param.TMPDIR) == before
     two = {}
-    monkeypatch.setattr(harness, "_run", lambda inp, req, config, stdout: two.update(t=lib.num_threads()) or real_run(inp, req, config, stdout))
+
+    def spy2(inp, req, config, stdout):
+        two.update(t=lib.num_threads(), blas={p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"})
+        return real_run(inp, req, config, stdout)
+
+    monkeypatch.setattr(harness, "_run", spy2)
     compute(water_pair(), basis="sto-3g", task_config={"ncores": 2})
-    assert two["t"] == 2
+    assert two["t"] == 2 and two["blas"] == {1}  # OpenMP's threads; numpy's BLAS does not add a pool
 
 
 def test_one_core_uses_one_core():

@@ -38,7 +38,9 @@ of the energy with respect to where its basis functions sit, which the counterpo
 gradient needs (QCManyBody adds them to the real atom's rows in the fragment that owns it).
 
 Resources (QCEngine's ``task_config``): ``ncores`` → PySCF's OpenMP threads
-(``pyscf.lib.num_threads``) *and* the BLAS threads (``threadpoolctl``), both put back afterwards;
+(``pyscf.lib.num_threads``), with the BLAS libraries of the process (numpy's) held to one thread
+(``threadpoolctl``: a second thread pool competing with OpenMP's for the same cores only slows
+PySCF down, see :data:`BLAS_THREADS_MEASURED`), both put back afterwards;
 ``memory`` (GiB) → ``Mole.max_memory`` (MB); ``scratch_directory`` → PySCF's temporary files
 (``lib.param.TMPDIR``) go to a directory of their own there, removed afterwards (kept with
 ``scratch_messy``). No SCF checkpoint file is written.
@@ -71,6 +73,14 @@ from qcengine.exceptions import ConvergenceError, InputError
 from qcengine.programs.model import ProgramHarness
 
 __all__ = ["PySCFHarness", "KEYWORDS", "MB_PER_GIB"]
+
+#: seconds of DF-RHF + DF-MP2/cc-pVDZ (PySCF 2.14, 2 cores, numpy's scipy-openblas with pthreads)
+#: by (OpenMP threads, numpy BLAS threads): a water monomer in the basis of the (H2O)6 ring, and
+#: the ring itself. Two OpenMP threads with one BLAS thread is fastest in both.
+BLAS_THREADS_MEASURED = {
+    "monomer in the hexamer's basis": {(1, 1): 0.73, (2, 1): 0.48, (1, 2): 1.01, (2, 2): 1.62},
+    "(H2O)6": {(1, 1): 1.32, (2, 1): 0.87, (1, 2): 1.80, (2, 2): 2.07},
+}
 
 logger = logging.getLogger("qcmb_hpc")
 
@@ -341,7 +351,10 @@ def pyscf_context(config: TaskConfig) -> Iterator[str]:
         except ImportError:  # pragma: no cover - a dependency; without it BLAS keeps its own count
             pass
         else:
-            stack.enter_context(threadpool_limits(limits=ncores, user_api="blas"))
+            # PySCF parallelizes with OpenMP, its own BLAS single-threaded inside those regions;
+            # numpy's BLAS (a pthreads OpenBLAS in the wheels) running a second pool on the same
+            # cores made each calculation 2.4-3.4x slower here (BLAS_THREADS_MEASURED)
+            stack.enter_context(threadpool_limits(limits=1, user_api="blas"))
         lib.num_threads(ncores)
         lib.param.TMPDIR = tmpdir
         diis.scipy = _DIISScipy(scipy)

@@ -231,7 +231,7 @@ def warm_qcengine() -> Dict[str, Any]:
 def adopt_node_configuration(values: Dict[str, Any]) -> bool:
     """Give this process's QCEngine the node description another process of the same node
     computed (:func:`warm_qcengine` there), instead of computing it again — the values are the
-    same (host, CPU brand for provenance, memory, cores), the 1.35 s of CPU is not paid twice.
+    same (host, CPU brand for provenance, memory, cores), and the detection is not paid twice.
     Returns whether they were taken (not if QCEngine computed its own already, or keeps it
     elsewhere than in this version's ``qcengine.config._global_values``)."""
     import qcengine.config as qcng_config

@@ -270,7 +270,7 @@ class MpiPool(WorkerPool):
         return self
 
     def _share_node_configuration(self) -> None:
-        """QCEngine's node description (py-cpuinfo: 1.35 s of CPU) once per node: the first
+        """QCEngine's node description once per node: the first
         non-coordinating rank of each node computes it, the others there take it (a split
         communicator of the ranks ≥ 1 on each node; rank 0 coordinates and needs none)."""
         from mpi4py import MPI

@@ -1,7 +1,7 @@
 """Multiprocessing transport: worker processes on this node, one duplex pipe each.
 
 Workers are forked once, after planning, from a parent that has already imported qcengine and
-warmed its node configuration (the ~1.3 s py-cpuinfo call), with the garbage collector's heap
+warmed its node configuration (engine.cpu_description, once), with the garbage collector's heap
 frozen so children do not copy it. Each worker then serves every task of the run (warm, never one
 process per fragment). Both ends of the pipes are :mod:`.connections`' (the coordinator waits on every pipe at once and
 sleeps until a message arrives; a worker whose process dies turns into a ``LOST`` message saying

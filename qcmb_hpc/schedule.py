@@ -404,35 +404,27 @@ class Scheduler:
             return []
         room = 1 + self.prefetch - len(self.sent[w])
         out: List[int] = []
-        if not self.tail_guard:
-            while room > 0:
-                tid = self._next_for(w)
-                if tid is None:
-                    break
-                out.append(tid)
-                room -= 1
-            if out:
-                self._sent_extend(w, out)
-            return out
         # the tail guard: a task may queue behind held work only if it fits (may_queue; the limit
         # does not change within this call, and each task's upper quantile is computed once)
-        held = self._held.get(w, 0.0) if self.sent[w] else 0.0
-        limit = queue_limit(self._open, len(self.workers), self._total)
+        guard = self.tail_guard
+        held = self._held.get(w, 0.0) if guard and self.sent[w] else 0.0
+        limit = queue_limit(self._open, len(self.workers), self._total) if guard else 0.0
         uppers: List[float] = []
         while room > 0:
-            tid = self._next_for(w, take=False)
+            tid = self._next_for(w, take=not guard)
             if tid is None:
                 break
-            u = self.upper(tid)
-            if held > 0.0 and held + u > limit:
-                break
-            self._next_for(w)
+            if guard:
+                u = self.upper(tid)
+                if held > 0.0 and held + u > limit:
+                    break
+                self._next_for(w)
+                uppers.append(u)
+                held += u
             out.append(tid)
-            uppers.append(u)
-            held += u
             room -= 1
         if out:
-            self._sent_extend(w, out, uppers)
+            self._sent_extend(w, out, uppers if guard else None)
         return out
 
     def _next_for(self, w: int, take: bool = True) -> Optional[int]:

@@ -22,6 +22,7 @@ from typing import Any, Deque, List, Optional, Tuple
 
 from . import transport as T
 from .backoff import Backoff
+from .engines import warm as warm_programs
 from .loading import import_modules
 from .engine import FragmentOutcome, make_runner, restore_environ, set_thread_environment
 from .fragment import RunSpec
@@ -244,6 +245,7 @@ class Worker:
         _PROCESS_STATE.acquire(spec)
         self._holds_process_state = True
         import_modules(spec.imports)  # (the coordinator imported them already: a failure here is the worker's)
+        warm_programs(s["program"] for s in spec.specifications.values())  # (inherited by an isolated child)
         root = scratch_root(spec.scratch_root)
         os.makedirs(root, exist_ok=True)
         remove_stale_scratch(root, self.host)  # (what a killed run on this host left: a rerun resumes it)

@@ -2,7 +2,8 @@
 
 Each ``AtomicResult.extras["probe"]`` holds what qcengine gave the engine (``ncores``, ``memory``,
 ``scratch_directory``) and what the process saw (pid, the thread variables, whether MPI/Slurm step
-variables leaked in, whether the scratch directory existed and was writable). Run an input with
+variables leaked in, whether the scratch directory existed and was writable, which process ran the
+harness's ``warm()``: ``warmed_in``). Run an input with
 ``protocols={"cluster_results": "all"}`` and every fragment's probe comes back in
 ``ManyBodyResult.cluster_results``. The numbers are ``qcmb_test``'s, so the sequential reference is
 computed with the same program in the test.
@@ -50,8 +51,16 @@ def _rendezvous(scratch: Any, timeout: float = 60.0) -> None:
         time.sleep(0.02)
 
 
+#: the process that last ran :meth:`ProbeHarness.warm` (a child forked afterwards inherits it)
+WARMED_IN = None
+
+
 class ProbeHarness(TestHarness):
     _defaults = {**TestHarness._defaults, "name": "qcmb_probe"}
+
+    def warm(self) -> None:
+        global WARMED_IN
+        WARMED_IN = os.getpid()
 
     def compute(self, input_model: Any, config: Any) -> Any:
         scratch = config.scratch_directory
@@ -73,6 +82,7 @@ class ProbeHarness(TestHarness):
             "scratch_directory": scratch,
             "scratch_writable": wrote,
             "env": {k: os.environ.get(k) for k in PROBE_ENV},
+            "warmed_in": WARMED_IN,
         }
         return result.model_copy(update={"extras": {**result.extras, "probe": probe}})
 

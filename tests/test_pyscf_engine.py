@@ -92,6 +92,37 @@ def test_import_is_lean_and_registers_on_qcengine_import():
     assert out.stdout.strip() == "qcmb_hpc.engines.pyscf"
 
 
+def test_warm_imports_pyscf_and_a_process_forked_afterwards_still_runs_threaded():
+    """``qcmb_hpc.engines.warm`` (what every worker runs before its first fragment) imports what a
+    calculation imports, skips programs without a warm-up or unknown to QCEngine, and starts no
+    OpenMP team: an isolated child forked afterwards computes on 2 threads (GNU OpenMP's pool does
+    not survive fork; a team started before the fork would make it hang or fall back to 1)."""
+    code = (
+        "import os, sys, qcmb_hpc, qcengine\n"
+        "sys.path.insert(0, %r)\n"
+        "from test_pyscf_engine import compute, water_pair\n"
+        "from qcmb_hpc.engines import warm\n"
+        "assert 'pyscf' not in sys.modules\n"
+        "print(warm(['pyscf', 'nwchem', 'no-such-program', 'pyscf']))\n"
+        "print(sorted(m for m in ('pyscf.gto', 'pyscf.scf', 'pyscf.df', 'pyscf.mp', 'pyscf.dft', 'threadpoolctl') if m in sys.modules))\n"
+        "import qcmb_hpc.engines.pyscf as h\n"
+        "sys.stdout.flush()\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    from pyscf import lib\n"
+        "    seen = []\n"
+        "    real = h._run\n"
+        "    h._run = lambda *a: (seen.append(lib.num_threads()), real(*a))[1]\n"
+        "    ok = compute(water_pair(), basis='sto-3g', task_config={'ncores': 2}).success\n"
+        "    os._exit(0 if ok and seen == [2] else 3)\n"
+        "print(os.waitpid(pid, 0)[1])\n"
+    ) % os.path.dirname(os.path.abspath(__file__))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:3] == [
+        "['pyscf']", "['pyscf.df', 'pyscf.dft', 'pyscf.gto', 'pyscf.mp', 'pyscf.scf', 'threadpoolctl']", "0"]
+
+
 def test_a_harness_already_registered_is_kept():
     import qcengine
 

@@ -39,6 +39,18 @@ def test_warm_workers_with_their_own_task_config(tetramer):
         assert not os.path.exists(d)  # removed at the end
 
 
+def test_every_worker_warms_its_programs_before_its_first_fragment(trimer):
+    """The harness's warm() (PySCF: its imports) runs in each worker before the first fragment
+    reaches it, and an isolated child inherits it: no fragment's time includes the warm-up."""
+    inp = many_body_input(trimer, program="qcmb_probe", bsse_type=["cp"], protocols={"cluster_results": "all"})
+    for isolate in (True, False):
+        cfg = quiet(mode="multiprocessing", max_workers=2, isolate_fragments=isolate)
+        seen = probes(ParallelManyBodyComputer(inp, parallel_config=cfg).compute())
+        for p in seen:
+            assert p["warmed_in"] is not None and p["warmed_in"] != os.getpid()  # the worker's own, not ours
+            assert p["warmed_in"] == (p["ppid"] if isolate else p["pid"])
+
+
 def test_from_manybodyinput_like_upstream(trimer):
     inp = many_body_input(trimer, bsse_type=["nocp", "cp"], driver="gradient")
     res = ParallelManyBodyComputer.from_manybodyinput(inp, parallel_config=quiet(mode="multiprocessing"))

@@ -566,6 +566,17 @@ class PySCFHarness(ProgramHarness):
             self.version_cache[which_prog] = safe_version(pyscf.__version__)
         return self.version_cache[which_prog]
 
+    def warm(self) -> None:
+        """Import what every calculation imports (see :func:`qcmb_hpc.engines.warm`); no
+        OpenMP team is started, so a process forked afterwards still runs threaded."""
+        if not self.found():
+            return
+        import threadpoolctl  # noqa: F401
+        from pyscf import df, dft, gto, lib, mp, scf  # noqa: F401
+        from pyscf.lib import diis  # noqa: F401
+
+        self.get_version()
+
     def compute(self, input_model: AtomicInput, config: TaskConfig) -> AtomicResult:
         self.found(raise_error=True)
         req = parse_request(input_model)

@@ -161,6 +161,9 @@ class Coordinator:
         self._ok_mc: Dict[str, int] = collections.Counter()
         self._failed_mc: Dict[str, List[Tuple[str, str]]] = collections.defaultdict(list)
         self._failed_ids: Dict[str, List[int]] = collections.defaultdict(list)
+        # (for the hold on new work) fragments awaiting a retry, and failed for good, with errors that can be systematic
+        self._awaiting_retry: Dict[str, Set[int]] = collections.defaultdict(set)
+        self._failed_relevant_mc: Dict[str, int] = collections.Counter()
         for tid, attempts in self.out.failures.items():  # a continued run's failures count on ...
             self._note_failure(tid, attempts[-1])
         if previous is not None:  # ... and so do its successes
@@ -275,6 +278,7 @@ class Coordinator:
             self.journal.append(records)  # durable before counted
         for out in finished:
             self._count_success(out)
+        self._update_hold()
 
     def _record(self, out: FragmentOutcome) -> Dict[str, Any]:
         task = self.tasks[out.id]
@@ -313,6 +317,8 @@ class Coordinator:
         avoid = {a.worker for a in self.out.attempts[tid]}
         self.scheduler.failed(wid, tid, retry=retry, avoid=avoid)
         if retry:
+            if attempt.error_type not in failures.NOT_SYSTEMATIC_ERRORS:
+                self._awaiting_retry[task.mc].add(tid)
             # (said once: the progress reporter shows it; the log has it at DEBUG)
             logger.debug("fragment %s attempt %d on worker %d failed (%s); retrying", task.label, n, wid, attempt.error_type)
             if self.tracker is not None:
@@ -327,6 +333,7 @@ class Coordinator:
         attempts = self.out.attempts[tid]
         self.out.failures[tid] = attempts
         self.unresolved.discard(tid)
+        self._awaiting_retry[task.mc].discard(tid)
         logger.debug("fragment %s failed for good after %d attempt(s): %s", task.label, len(attempts), attempts[-1].error_type)
         if self.tracker is not None:
             self.tracker.completed(task.label, task.nbody, False, tid)
@@ -348,6 +355,8 @@ class Coordinator:
         mc = self.tasks[tid].mc
         self._failed_mc[mc].append(failures.signature(last.error_type, last.error_message))
         self._failed_ids[mc].append(tid)
+        if last.error_type not in failures.NOT_SYSTEMATIC_ERRORS:
+            self._failed_relevant_mc[mc] += 1
         return self._failed_mc[mc]
 
     def _count_success(self, out: FragmentOutcome) -> None:
@@ -355,6 +364,7 @@ class Coordinator:
         task = self.tasks[tid]
         self.out.properties[tid] = out.properties or {}
         self._ok_mc[task.mc] += 1
+        self._awaiting_retry[task.mc].discard(tid)
         if out.atomic_result is not None:
             self.out.atomic_results[tid] = out.atomic_result
         self.unresolved.discard(tid)
@@ -364,6 +374,21 @@ class Coordinator:
         self.scheduler.prefetch = self.prefetch.observe(out.seconds)
         if self.cost_model is not None and self.cost_model.observe(task.mc, task.real, task.basis, out.seconds):
             self._refit()  # (the model's own schedule: after 3, 6, 12, … of this run's samples)
+
+    def _update_hold(self) -> None:
+        """Hold new work while some model chemistry's retries decide whether its failures are
+        systematic (:func:`qcmb_hpc.failures.hold_new_fragments`); on release, the idle workers look
+        for work again."""
+        held = any(
+            failures.hold_new_fragments(len(ids), self._failed_relevant_mc[mc], self._ok_mc[mc])
+            for mc, ids in self._awaiting_retry.items()
+            if ids
+        )
+        if held != self.scheduler.hold_new:
+            self.scheduler.hold_new = held
+            logger.debug("new fragments %s", "held: retries first" if held else "released")
+            if not held:
+                self._idle.update((w, None) for w in self.ready)
 
     def _refit(self) -> None:
         if not self.cost_model.refit():

@@ -14,6 +14,12 @@ said, and when the failures are systematic.
   first minute, not after the other levels' hours); what finished is kept. Errors of the
   machinery rather than the input (a timeout, a worker that was lost, a fragment cut by a stop)
   never count as systematic.
+* :func:`hold_new_fragments` — while the evidence for that rule is coming in, no new fragments: once
+  :data:`SYSTEMATIC_AFTER` fragments of a model chemistry with no success yet have failed and some of
+  them await their retries, the retries go first and nothing new starts until they decide it (a
+  success, failures that differ, or the stop). Otherwise a worker whose retries must go to other
+  workers (they avoid the one they failed on) tries one new fragment after another while the others
+  are busy — every fragment of the run, each failing alike, when the others are slow to come back.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ __all__ = [
     "meaningful_line",
     "signature",
     "is_systematic",
+    "hold_new_fragments",
     "fix_hint",
 ]
 
@@ -112,6 +119,14 @@ def is_systematic(failed_for_good: Sequence[Tuple[str, str]], successes: int, to
     if successes or len(relevant) < need:
         return False
     return all(s == relevant[0] for s in relevant[:need])
+
+
+def hold_new_fragments(awaiting_retry: int, failed_for_good: int, successes: int, after: int = SYSTEMATIC_AFTER) -> bool:
+    """The hold of the module docstring, for one model chemistry: ``awaiting_retry`` of its fragments
+    failed and wait for another attempt, ``failed_for_good`` failed for good (both counting only
+    errors that can be systematic); ``successes``: its fragments this run computed. Nothing awaiting
+    a retry, nothing to wait for: no hold."""
+    return not successes and awaiting_retry > 0 and awaiting_retry + failed_for_good >= after
 
 
 #: (pattern on the meaningful line, what to do about it)

@@ -273,6 +273,9 @@ class Scheduler:
         self.central: List[Tuple[float, int]] = []  # heap of (-cost, id): requeued work
         self.retry: Deque[Tuple[int, Set[int]]] = collections.deque()  # (id, workers to avoid)
         self.avoid: Dict[int, Set[int]] = {}  # retried task → workers it failed on
+        # no new work, only retries (and no stealing): set by the coordinator while retries decide
+        # whether failures are systematic (:func:`qcmb_hpc.failures.hold_new_fragments`)
+        self.hold_new = False
         self.stealing_from: Dict[int, Tuple[int, List[int]]] = {}  # victim → (thief, ids requested)
         self.thieves: Set[int] = set()  # workers waiting for a steal answer
         self.steals = 0  # steals that moved work
@@ -435,6 +438,8 @@ class Scheduler:
                 if take:
                     del self.retry[k]
                 return tid
+        if self.hold_new:
+            return None
         plan = self.planned.get(w)
         if plan:
             if not take:
@@ -480,7 +485,7 @@ class Scheduler:
         """For an idle ``thief`` with nothing left to receive: either move unsent work to it directly
         — returns ``(thief, ids)``: send them TASKS — or plan a request to a victim — returns
         ``(victim, ids)``: send the victim STEAL(ids). ``None`` if nothing is worth taking."""
-        if not self.stealing or thief in self.thieves or thief not in self.sent:
+        if not self.stealing or self.hold_new or thief in self.thieves or thief not in self.sent:
             return None
         victim = self._victim(thief)
         if victim is None:

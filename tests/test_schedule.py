@@ -281,6 +281,19 @@ def test_failed_task_is_retried_elsewhere_first():
     assert s.assign(0) == [0]
 
 
+def test_held_new_work_gives_only_retries_and_steals_nothing():
+    s = Scheduler({i: float(10 - i) for i in range(6)}, [0, 1], S.DYNAMIC, stealing=True, prefetch=0)
+    assert s.assign(0) == [0] and s.assign(1) == [1]
+    s.failed(0, 0, retry=True, avoid={0})
+    s.hold_new = True
+    assert s.assign(0) == []  # its retry must go elsewhere, and nothing new starts meanwhile
+    assert s.steal(0) is None
+    s.completed(1, 1)
+    assert s.assign(1) == [0] and s.assign(1) == []  # the retry; then nothing (not task 2)
+    s.hold_new = False
+    assert s.assign(0) == [2]
+
+
 def test_remove_worker_hands_its_work_out_again():
     costs = {i: float(i + 1) for i in range(8)}
     s = Scheduler(costs, [0, 1], S.STATIC, stealing=False, prefetch=1)

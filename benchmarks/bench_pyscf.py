@@ -4,6 +4,10 @@ One node, no MPI. In the same run, alternating, ``--repeat`` times each:
 
 * **sequential**: ``qcmanybody.v2.ManyBodyComputer.from_manybodyinput`` in this process, as a
   user runs it — QCEngine's defaults, so PySCF gets every core as threads;
+* **sequential, 1 thread per fragment** (``--no-one-thread`` skips it): the same, with each
+  fragment given ``ncores=1`` as each of the 2 workers gives it — what the workers' per-core
+  speed is measured against; ``2 × sequential / this`` is what 2 perfectly balanced 1-thread
+  workers could reach against the threaded sequential run (PySCF's own thread scaling caps it);
 * **qcmb_hpc, API (warm)**: ``ParallelManyBodyComputer(mode="multiprocessing", max_workers=2)``
   in this process (QCEngine and PySCF already imported here; the workers start fresh each run);
 * **qcmb_hpc, CLI (cold)**: ``python -m qcmb_hpc INPUT --workers 2`` as a new process — the
@@ -25,6 +29,7 @@ estimate rank correlation (the cost model's starting estimates against the measu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -92,7 +97,9 @@ def run(a: argparse.Namespace) -> dict:
     cli = [sys.executable, "-m", "qcmb_hpc", path, "--workers", str(WORKERS), "--no-progress", "--no-checkpoint",
            "--no-cost-history", "--log-level", "WARNING", "-o", os.path.join(work, "out.result.json")]
     env = {k: v for k, v in common.child_env().items() if not k.startswith(("QCMB_", "OMP_", "OPENBLAS_", "MKL_"))}
-    times = {"sequential": [], "api": [], "cli": []}
+    times = {"sequential": [], "sequential_1_thread": [], "api": [], "cli": []}
+    if not a.one_thread:
+        del times["sequential_1_thread"]
     cpu = {k: [] for k in times}
     load = []
     ref = res = cli_rep = api_rep = None
@@ -101,6 +108,11 @@ def run(a: argparse.Namespace) -> dict:
         load.append(os.getloadavg()[0])
         ref, t, u = timed(lambda: ManyBodyComputer.from_manybodyinput(inp))
         times["sequential"].append(t), cpu["sequential"].append(u)
+        if a.one_thread:
+            with one_thread_per_fragment(qcengine):
+                one, t, u = timed(lambda: ManyBodyComputer.from_manybodyinput(inp))
+            times["sequential_1_thread"].append(t), cpu["sequential_1_thread"].append(u)
+            worst = max(worst, common.max_difference(ref, one))
         comp = ParallelManyBodyComputer(inp, parallel_config=cfg)
         res, t, u = timed(comp.compute)
         times["api"].append(t), cpu["api"].append(u)
@@ -116,7 +128,8 @@ def run(a: argparse.Namespace) -> dict:
         with open(os.path.join(work, "out.result.json")) as fh:
             cli_res = ManyBodyResult(**json.load(fh))
         worst = max(worst, common.max_difference(ref, res), common.max_difference(ref, cli_res))
-        print(f"[{i + 1}/{a.repeat}] load {load[-1]:.2f}: sequential {times['sequential'][-1]:.1f} s, "
+        one_s = f"1-thread {times['sequential_1_thread'][-1]:.1f} s, " if a.one_thread else ""
+        print(f"[{i + 1}/{a.repeat}] load {load[-1]:.2f}: sequential {times['sequential'][-1]:.1f} s, {one_s}"
               f"API {times['api'][-1]:.1f} s, CLI {times['cli'][-1]:.1f} s", flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}
     rho = cli_rep.get("estimate_rank_correlation")
@@ -129,6 +142,10 @@ def run(a: argparse.Namespace) -> dict:
         "median_seconds": med,
         "speedup_api": med["sequential"] / med["api"],
         "speedup_cli": med["sequential"] / med["cli"],
+        "pyscf_thread_speedup": med["sequential_1_thread"] / med["sequential"] if a.one_thread else None,
+        "speedup_ceiling": WORKERS * med["sequential"] / med["sequential_1_thread"] if a.one_thread else None,
+        "speedup_api_vs_1_thread": med["sequential_1_thread"] / med["api"] if a.one_thread else None,
+        "speedup_cli_vs_1_thread": med["sequential_1_thread"] / med["cli"] if a.one_thread else None,
         "cpu_use": {k: statistics.median(v) for k, v in cpu.items()},
         "loadavg_1min_at_each_repeat": load,
         "return_result": float(res.return_result),
@@ -145,6 +162,17 @@ def run(a: argparse.Namespace) -> dict:
     }
 
 
+@contextlib.contextmanager
+def one_thread_per_fragment(qcengine):
+    """QCManyBody's own loop calls ``qcengine.compute(inp, program)``: give each call ncores=1."""
+    compute = qcengine.compute
+    qcengine.compute = lambda *args, **kw: compute(*args, **{**kw, "task_config": {**(kw.get("task_config") or {}), "ncores": 1}})
+    try:
+        yield
+    finally:
+        qcengine.compute = compute
+
+
 def report() -> dict:
     d = common.read_json(NAME)
     m = d["median_seconds"]
@@ -153,10 +181,18 @@ def report() -> dict:
         [f"qcmb_hpc API, {d['workers']} workers (warm)", m["api"], d["speedup_api"], d["cpu_use"]["api"]],
         [f"python -m qcmb_hpc, {d['workers']} workers (cold, whole command)", m["cli"], d["speedup_cli"], d["cpu_use"]["cli"]],
     ]
+    if m.get("sequential_1_thread"):
+        rows.insert(1, ["qcmanybody.v2.ManyBodyComputer (sequential, 1 thread per fragment)", m["sequential_1_thread"],
+                        m["sequential"] / m["sequential_1_thread"], d["cpu_use"]["sequential_1_thread"]])
     print(common.table(["run", "wall s (median)", "speedup", "CPU use"], rows, f"PySCF, {d['input']} ({d['fragments']} fragments, {d['repeat']} repeats)"))
     print(f"load average (1 min) at each repeat: {', '.join(f'{x:.2f}' for x in d['loadavg_1min_at_each_repeat'])}")
     print(f"largest difference in any property {d['max_abs_difference']:.1e}; estimate rank correlation "
           f"(cold) {d['estimate_rank_correlation_cold_cli']}")
+    if d.get("speedup_ceiling"):
+        print(f"PySCF's own thread speedup (1 → {os.cpu_count()} threads, sequential): {d['pyscf_thread_speedup']:.2f}; "
+              f"{WORKERS} perfectly balanced 1-thread workers could reach {d['speedup_ceiling']:.2f}x the threaded sequential run; "
+              f"against sequential at 1 thread per fragment (each worker's share): API {d['speedup_api_vs_1_thread']:.2f}x, "
+              f"CLI {d['speedup_cli_vs_1_thread']:.2f}x")
     common.print_targets(d)
     return d
 
@@ -166,6 +202,8 @@ def main(argv=None) -> int:
     p.add_argument("--input", default=None, help="a ManyBodyInput JSON file (default: (H2O)6 DF-MP2/cc-pVDZ)")
     p.add_argument("--nbody", type=int, default=2, help="max_nbody of the default input (default 2)")
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--no-one-thread", dest="one_thread", action="store_false",
+                   help="skip the sequential run at 1 thread per fragment")
     p.add_argument("--timeout", type=float, default=1800, help="seconds one CLI run may take")
     a = p.parse_args(argv)
     common.write_json(NAME, run(a))

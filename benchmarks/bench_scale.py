@@ -23,6 +23,10 @@ coordinating process:
   stopped after ``--stop-after`` completions by a progress reporter that sends the process SIGTERM.
 * **30k**: (H2O)30 NoCP up to 4-body (31,930 fragments), CLI and API, run to completion,
   ``--repeat`` times each (median): the same phases.
+* **memory beside sequential QCManyBody**: ``qcmanybody.v2.ManyBodyComputer.from_manybodyinput``
+  on the 30k input with QCEngine's ``qcmb_noop`` program, in a fresh process (``--repeat-upstream``
+  runs, default 1): its wall and peak RSS, per fragment above the process's RSS before the run,
+  beside the API runs' (the same base), and what that rate comes to at 679,120 fragments.
 * **worker overhead**: per fragment on a worker, outside the engine: building the fragment
   molecule, the ``AtomicInput``, QCEngine's own overhead per ``compute`` call (the no-op harness
   does nothing), pickling a task and an outcome message; 4-body fragments of the (H2O)64 parent.
@@ -185,6 +189,7 @@ def api_child(a: argparse.Namespace) -> None:
                 os.kill(os.getpid(), signal.SIGTERM)
 
     cfg = {"mode": "multiprocessing", "checkpoint": a.checkpoint, "progress_reporting": False, "log_level": "WARNING"}
+    base = _rss()
     comp = ParallelManyBodyComputer(data, parallel_config=cfg, progress_reporter=StopAfter(a.stop_after) if a.stop_after else None)
     t0 = time.perf_counter()
     try:
@@ -198,9 +203,62 @@ def api_child(a: argparse.Namespace) -> None:
         json.dump({
             "wall": wall, "launch": 0.0, "first_dispatch_from_start": rep["first_dispatch_seconds"],
             "phases": rep["phases"], "peak_rss": rep["peak_rss_bytes"], "peak_rss_steps": rep.get("peak_rss_steps_bytes"),
+            "base_rss": base,
             "computed": rep["computed"],
             "restored": rep["restored"], "fragments": rep["fragments"],
         }, fh)
+
+
+def _rss() -> int:
+    """This process's resident memory now, bytes."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def upstream_child(a: argparse.Namespace) -> None:
+    """In a fresh process: sequential ``qcmanybody.v2.ManyBodyComputer.from_manybodyinput`` on the
+    same input with the same no-op program (QCEngine's ``qcmb_noop``), imports outside the timing;
+    its wall and its peak RSS, and the RSS before it started (the same base as the API child's)."""
+    import resource
+
+    import noop_engine  # noqa: F401
+    from qcmanybody.v2 import ManyBodyComputer
+
+    from qcmb_hpc.computer import coerce_input
+
+    with open(a.upstream_child) as fh:
+        inp, _ = coerce_input(json.load(fh))
+    base = _rss()
+    t0 = time.perf_counter()
+    res = ManyBodyComputer.from_manybodyinput(inp)
+    wall = time.perf_counter() - t0
+    with open(a.out, "w") as fh:
+        json.dump({"wall": wall, "base_rss": base, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                   "fragments": len(res.cluster_properties)}, fh)
+
+
+def upstream_run(work: str, name: str, timeout: float) -> Dict[str, Any]:
+    out = os.path.join(work, f"{name}.upstream.json")
+    cmd = [sys.executable, os.path.abspath(__file__), "--upstream-child", os.path.join(work, f"{name}.json"), "--out", out]
+    load = os.getloadavg()[0]
+    env = {k: v for k, v in common.child_env().items() if not k.startswith("QCMB_")}
+    proc = subprocess.run(cmd, env=env, cwd=work, timeout=timeout, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{name}: the sequential QCManyBody run failed ({proc.returncode}): {proc.stderr[-3000:]}")
+    with open(out) as fh:
+        res = json.load(fh)
+    res["loadavg"] = load
+    return res
+
+
+def memory_per_fragment(c: Dict[str, Any]) -> Optional[float]:
+    """Bytes per fragment of a run's peak above its base (the process before the run)."""
+    if not c.get("peak_rss") or not c.get("base_rss") or not c.get("fragments"):
+        return None
+    return (c["peak_rss"] - c["base_rss"]) / c["fragments"]
 
 
 def synthesize_journal(path: str, input_path: str, records: int) -> Dict[str, Any]:
@@ -364,6 +422,15 @@ def _run(a: argparse.Namespace, work: str) -> Dict[str, Any]:
             runs.append(fn(work, name, stop, a.timeout))
             say(label, runs[-1])
         cases[label] = median_run(runs)
+    if a.repeat_upstream and (not a.only or any(w in "upstream" for w in a.only)):
+        runs = []
+        for _ in range(a.repeat_upstream):
+            runs.append(upstream_run(work, "small", a.timeout))
+            r = runs[-1]
+            print(f"  {ns:,} qcmanybody.v2 sequential: load {r['loadavg']:.2f}, wall {r['wall']:.1f} s, "
+                  f"peak {r['peak_rss'] / GiB:.2f} GiB (base {r['base_rss'] / GiB:.2f})", flush=True)
+        out["upstream_small"] = {k: statistics.median(r[k] for r in runs) for k in ("wall", "base_rss", "peak_rss", "fragments")}
+        out["upstream_small"]["runs"] = runs
     if not a.only or "overhead" in a.only:
         print("worker overhead ...", flush=True)
         out["worker_overhead"] = worker_overhead(big)
@@ -407,11 +474,34 @@ def report() -> Dict[str, Any]:
     if steps:
         print(common.table(["case", "before assembly", "after analyze", "after get_results"], steps,
                            "Coordinator peak RSS, GiB, through assembly (QCManyBody's analyze, then its ManyBodyResult)"))
+    print_memory(d)
     w = d.get("worker_overhead")
     if w:
         print_overhead(d, w)
     common.print_targets(d)
     return d
+
+
+def print_memory(d: Dict[str, Any]) -> None:
+    """Peak memory per fragment beside sequential QCManyBody's on the same input (the API runs
+    and QCManyBody both in a fresh process, above the RSS before the run), and what each would
+    hold at the big case's size at that rate."""
+    up = d.get("upstream_small")
+    if not up:
+        return
+    nb, ns = d.get("fragments", 0), d.get("small_fragments", 0)
+    rows = [[f"qcmanybody.v2 sequential, {ns:,}", up["wall"], up["peak_rss"] / GiB, memory_per_fragment(up) / 1024,
+             (up["base_rss"] + memory_per_fragment(up) * nb) / GiB, None]]
+    for name, c in d["cases"].items():
+        per = memory_per_fragment(c)
+        if per is None or "API" not in name or c["computed"] + c.get("restored", 0) < c["fragments"]:
+            continue  # (a stopped run did not assemble)
+        measured = c["peak_rss"] / GiB
+        rows.append([f"qcmb_hpc {name}", c["wall"], measured, per / 1024,
+                     (c["base_rss"] + per * nb) / GiB if c["fragments"] != nb else None, measured if c["fragments"] == nb else None])
+    print(common.table(["run", "wall s", "peak GiB", "kB / fragment above base", f"at {nb:,} (rate x fragments) GiB",
+                        f"measured at {nb:,} GiB"], rows,
+                       "Memory beside sequential QCManyBody (its loop keeps every AtomicResult; qcmb_hpc keeps the numbers)"))
 
 
 def print_overhead(d: Dict[str, Any], w: Dict[str, Any]) -> None:
@@ -440,12 +530,18 @@ def main(argv=None) -> int:
     p.add_argument("--repeat-big", type=int, default=1, help="runs of each 680k case (median)")
     p.add_argument("--timeout", type=float, default=900, help="seconds one run may take")
     p.add_argument("--only", action="append", help="run only the cases whose name holds this (repeatable: CLI, API, resume, ...)")
+    p.add_argument("--repeat-upstream", type=int, default=1,
+                   help="runs of sequential qcmanybody.v2 on the small case (the memory baseline; 0: none)")
     p.add_argument("--api-child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--upstream-child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--checkpoint", default=None, help=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.api_child:
         api_child(a)
+        return 0
+    if a.upstream_child:
+        upstream_child(a)
         return 0
     common.write_json(NAME, run(a))
     report()

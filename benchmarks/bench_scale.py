@@ -155,14 +155,21 @@ def cli_run(work: str, name: str, stop_after: Optional[int], timeout: float) -> 
 
 
 def api_run(work: str, name: str, stop_after: Optional[int], timeout: float) -> Dict[str, Any]:
-    out = os.path.join(work, f"{name}.api.json")
-    cmd = [sys.executable, os.path.abspath(__file__), "--api-child", os.path.join(work, f"{name}.json"),
-           "--checkpoint", os.path.join(work, f"{name}.checkpoint.jsonl"), "--out", out, "--stop-after", str(stop_after or 0)]
+    return _child_run(work, name, "api", "the API run", timeout,
+                      ["--api-child", os.path.join(work, f"{name}.json"), "--checkpoint", os.path.join(work, f"{name}.checkpoint.jsonl"),
+                       "--stop-after", str(stop_after or 0)])
+
+
+def _child_run(work: str, name: str, kind: str, what: str, timeout: float, args: List[str]) -> Dict[str, Any]:
+    """This script run again as a fresh child process (``args`` choose the child); what it wrote,
+    with the load average at its start."""
+    out = os.path.join(work, f"{name}.{kind}.json")
+    cmd = [sys.executable, os.path.abspath(__file__), *args, "--out", out]
     load = os.getloadavg()[0]
     env = {k: v for k, v in common.child_env().items() if not k.startswith("QCMB_")}
     proc = subprocess.run(cmd, env=env, cwd=work, timeout=timeout, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise SystemExit(f"{name}: the API run failed ({proc.returncode}): {proc.stderr[-3000:]}")
+        raise SystemExit(f"{name}: {what} failed ({proc.returncode}): {proc.stderr[-3000:]}")
     with open(out) as fh:
         res = json.load(fh)
     res["loadavg"] = load
@@ -241,17 +248,8 @@ def upstream_child(a: argparse.Namespace) -> None:
 
 
 def upstream_run(work: str, name: str, timeout: float) -> Dict[str, Any]:
-    out = os.path.join(work, f"{name}.upstream.json")
-    cmd = [sys.executable, os.path.abspath(__file__), "--upstream-child", os.path.join(work, f"{name}.json"), "--out", out]
-    load = os.getloadavg()[0]
-    env = {k: v for k, v in common.child_env().items() if not k.startswith("QCMB_")}
-    proc = subprocess.run(cmd, env=env, cwd=work, timeout=timeout, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"{name}: the sequential QCManyBody run failed ({proc.returncode}): {proc.stderr[-3000:]}")
-    with open(out) as fh:
-        res = json.load(fh)
-    res["loadavg"] = load
-    return res
+    return _child_run(work, name, "upstream", "the sequential QCManyBody run", timeout,
+                      ["--upstream-child", os.path.join(work, f"{name}.json")])
 
 
 def memory_per_fragment(c: Dict[str, Any]) -> Optional[float]:

@@ -28,7 +28,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 
-# the bundled example ((H2O)6 ring, DF-MP2/cc-pVDZ with PySCF, CP+NoCP through 3-body; 20 s–1 min on 2 cores) on all cores
+# the bundled example ((H2O)6 ring, DF-MP2/cc-pVDZ with PySCF, CP+NoCP through 3-body; 20 s–1.5 min on 2 cores) on all cores
 run: venv
 	$(PY) -m qcmb_hpc --fresh
 

@@ -162,7 +162,7 @@ class Coordinator:
         self._failed_mc: Dict[str, List[Tuple[str, str]]] = collections.defaultdict(list)
         self._failed_ids: Dict[str, List[int]] = collections.defaultdict(list)
         # (for the hold on new work) fragments awaiting a retry, and failed for good, with errors that can be systematic
-        self._awaiting_retry: Dict[str, Set[int]] = collections.defaultdict(set)
+        self._awaiting_retry: Dict[str, Set[int]] = {}  # (no empty sets: the check per batch is O(such model chemistries))
         self._failed_relevant_mc: Dict[str, int] = collections.Counter()
         for tid, attempts in self.out.failures.items():  # a continued run's failures count on ...
             self._note_failure(tid, attempts[-1])
@@ -317,8 +317,8 @@ class Coordinator:
         avoid = {a.worker for a in self.out.attempts[tid]}
         self.scheduler.failed(wid, tid, retry=retry, avoid=avoid)
         if retry:
-            if attempt.error_type not in failures.NOT_SYSTEMATIC_ERRORS:
-                self._awaiting_retry[task.mc].add(tid)
+            if failures.can_be_systematic(attempt.error_type):
+                self._awaiting_retry.setdefault(task.mc, set()).add(tid)
             # (said once: the progress reporter shows it; the log has it at DEBUG)
             logger.debug("fragment %s attempt %d on worker %d failed (%s); retrying", task.label, n, wid, attempt.error_type)
             if self.tracker is not None:
@@ -333,7 +333,7 @@ class Coordinator:
         attempts = self.out.attempts[tid]
         self.out.failures[tid] = attempts
         self.unresolved.discard(tid)
-        self._awaiting_retry[task.mc].discard(tid)
+        self._no_longer_awaiting(task.mc, tid)
         logger.debug("fragment %s failed for good after %d attempt(s): %s", task.label, len(attempts), attempts[-1].error_type)
         if self.tracker is not None:
             self.tracker.completed(task.label, task.nbody, False, tid)
@@ -355,7 +355,7 @@ class Coordinator:
         mc = self.tasks[tid].mc
         self._failed_mc[mc].append(failures.signature(last.error_type, last.error_message))
         self._failed_ids[mc].append(tid)
-        if last.error_type not in failures.NOT_SYSTEMATIC_ERRORS:
+        if failures.can_be_systematic(last.error_type):
             self._failed_relevant_mc[mc] += 1
         return self._failed_mc[mc]
 
@@ -364,7 +364,7 @@ class Coordinator:
         task = self.tasks[tid]
         self.out.properties[tid] = out.properties or {}
         self._ok_mc[task.mc] += 1
-        self._awaiting_retry[task.mc].discard(tid)
+        self._no_longer_awaiting(task.mc, tid)
         if out.atomic_result is not None:
             self.out.atomic_results[tid] = out.atomic_result
         self.unresolved.discard(tid)
@@ -375,6 +375,13 @@ class Coordinator:
         if self.cost_model is not None and self.cost_model.observe(task.mc, task.real, task.basis, out.seconds):
             self._refit()  # (the model's own schedule: after 3, 6, 12, … of this run's samples)
 
+    def _no_longer_awaiting(self, mc: str, tid: int) -> None:
+        ids = self._awaiting_retry.get(mc)
+        if ids is not None:
+            ids.discard(tid)
+            if not ids:
+                del self._awaiting_retry[mc]
+
     def _update_hold(self) -> None:
         """Hold new work while some model chemistry's retries decide whether its failures are
         systematic (:func:`qcmb_hpc.failures.hold_new_fragments`); on release, the idle workers look
@@ -382,7 +389,6 @@ class Coordinator:
         held = any(
             failures.hold_new_fragments(len(ids), self._failed_relevant_mc[mc], self._ok_mc[mc])
             for mc, ids in self._awaiting_retry.items()
-            if ids
         )
         if held != self.scheduler.hold_new:
             self.scheduler.hold_new = held

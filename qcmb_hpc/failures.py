@@ -34,6 +34,7 @@ __all__ = [
     "should_retry",
     "meaningful_line",
     "signature",
+    "can_be_systematic",
     "is_systematic",
     "hold_new_fragments",
     "fix_hint",
@@ -108,6 +109,11 @@ def signature(error_type: str, message: Optional[str]) -> Tuple[str, str]:
     return error_type or "unknown_error", re.sub(r"\d+(\.\d+)?", "#", meaningful_line(message))
 
 
+def can_be_systematic(error_type: str) -> bool:
+    """Whether a failure with this error type is evidence for the rule (not the machinery's)."""
+    return error_type not in NOT_SYSTEMATIC_ERRORS
+
+
 def is_systematic(failed_for_good: Sequence[Tuple[str, str]], successes: int, todo: int, after: int = SYSTEMATIC_AFTER) -> bool:
     """The rule of the module docstring. ``failed_for_good``: the signatures of the fragments (of one
     model chemistry) that failed for good so far, in order — failures of the machinery
@@ -115,7 +121,7 @@ def is_systematic(failed_for_good: Sequence[Tuple[str, str]], successes: int, to
     run computed; ``todo``: its fragments this run had to compute. With fewer than ``after``
     fragments to do, every one of them must have failed alike."""
     need = max(1, min(after, todo))
-    relevant = [s for s in failed_for_good if s[0] not in NOT_SYSTEMATIC_ERRORS]
+    relevant = [s for s in failed_for_good if can_be_systematic(s[0])]
     if successes or len(relevant) < need:
         return False
     return all(s == relevant[0] for s in relevant[:need])

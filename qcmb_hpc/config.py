@@ -187,7 +187,9 @@ def _parse_log_level(value: Any) -> str:
     return s
 
 
-def _parse_str(value: Any) -> str:
+def _parse_path(value: Any) -> str:
+    if isinstance(value, bool):  # (True is no path: str() would make a file named "True")
+        raise ValueError("expected a path, or false/none for none")
     s = str(value)
     if not s.strip():
         raise ValueError("must not be empty")
@@ -228,7 +230,7 @@ def _parse_parsl_config(value: Any) -> Any:
 
 def _optional(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
     def parse_optional(value: Any) -> Any:
-        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "auto")):
+        if value is None or value is False or (isinstance(value, str) and value.strip().lower() in ("", "none", "auto")):
             return None
         return parse(value)
 
@@ -321,14 +323,14 @@ class ParallelConfig:
     )
     checkpoint: Optional[str] = _setting(
         None,
-        _optional(_parse_str),
+        _optional(_parse_path),
         "journal of finished fragments; a rerun with the same input resumes from it",
         metavar="PATH",
         shown='none (CLI: next to the output)',
     )
     scratch_directory: Optional[str] = _setting(
         None,
-        _optional(_parse_str),
+        _optional(_parse_path),
         "where per-worker scratch directories go (default $SLURM_TMPDIR, $TMPDIR or the system temp)",
         metavar="DIR",
         shown='auto',
@@ -336,7 +338,7 @@ class ParallelConfig:
     keep_scratch: bool = _setting(False, _parse_bool, "keep per-worker scratch directories (debugging)")
     cost_history: Optional[str] = _setting(
         None,
-        _optional(_parse_str),
+        _optional(_parse_path),
         "file of measured fragment times; calibrates the cost model for later runs (`none`: keep none)",
         metavar="PATH",
         shown="none (CLI: `~/.cache/qcmb_hpc/cost_history.json`, under `$XDG_CACHE_HOME` if set; `--no-cost-history`)",

@@ -98,9 +98,23 @@ def telling(pool: Any, where: str) -> Any:
 
 def _coordinate(computer: Any, config: ParallelConfig, pool: Any, pools: Any, fresh: bool, fell_back: Optional[str],
                 broadcast_result: bool) -> Any:
+    # (the run's own state — coordinator, scheduler, tracker, cost model, restored records — ends
+    # with _execute's frame: at 680k fragments it is ~0.1 GiB that would sit under the result object)
+    from .report import without_attempts
+
+    plan, outcome, atomic, info, pool = _execute(computer, config, pool, pools, fresh, fell_back)
+    with telling(pool, "assembling"):
+        result = computer.assemble(plan, outcome, atomic, info)
+    # (the per-attempt table stays here: ~100 bytes a fragment, on every rank of a big job)
+    pool.share(result if broadcast_result else None, without_attempts(computer.run_info))
+    return result
+
+
+def _execute(computer: Any, config: ParallelConfig, pool: Any, pools: Any, fresh: bool, fell_back: Optional[str]) -> Any:
+    """Plan and run: (plan, outcome, restored atomic results, RunInfo, the pool that finished)."""
     from . import gcpause
     from .progress import make_reporter, run_tracker
-    from .report import Phases, without_attempts
+    from .report import Phases
     from .resources import ResourceManager
 
     t0, started = time.perf_counter(), time.time()
@@ -148,11 +162,7 @@ def _coordinate(computer: Any, config: ParallelConfig, pool: Any, pools: Any, fr
         fell_back=fell_back, initial_costs=cost.initial_estimates, started=started, phases=phases,
         first_dispatch=None if coords[0].out.first_dispatch is None else coords[0].out.first_dispatch - t0,
     )
-    with telling(pool, "assembling"):
-        result = computer.assemble(plan, outcome, atomic, info)
-    # (the per-attempt table stays here: ~100 bytes a fragment, on every rank of a big job)
-    pool.share(result if broadcast_result else None, without_attempts(computer.run_info))
-    return result
+    return plan, outcome, atomic, info, pool
 
 
 def _run_coordinator(plan, config, pool, pools, spec, layout, journal, restored, tracker, cost, coords, fell_back):

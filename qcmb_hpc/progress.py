@@ -643,16 +643,21 @@ class ProgressTracker:
     def close(self) -> None:
         """The run is over, however it ended: the heartbeat says how (finished, failed: some
         fragments failed for good, stopped: by a signal, resumable, or broken: the machinery)."""
-        if self.heartbeat is None or self.heartbeat.ended is not None:
-            return
-        done = self.n_total - sum(self.remaining.values())
-        if done >= self.n_total:
-            how = "failed" if self.n_failed else "finished"
-        else:
-            how = "stopped" if self.stop_reason else "broken"
-        self._asked = -float("inf")
-        st = self.state()
-        self.heartbeat.beat(st, force=True, how=how)
+        try:
+            if self.heartbeat is None or self.heartbeat.ended is not None:
+                return
+            done = self.n_total - sum(self.remaining.values())
+            if done >= self.n_total:
+                how = "failed" if self.n_failed else "finished"
+            else:
+                how = "stopped" if self.stop_reason else "broken"
+            self._asked = -float("inf")
+            st = self.state()
+            self.heartbeat.beat(st, force=True, how=how)
+        finally:
+            # (the coordinator and the tracker refer to each other, and the collector is paused
+            # through assembly: without this, the coordinator's task tables outlive the run)
+            self._coordinator = None
 
 
 def run_tracker(reporter: Optional[ProgressReporter], tasks: Sequence[Any], cost_model: Any = None, journal_path: Optional[str] = None, **info: Any) -> ProgressTracker:

@@ -39,6 +39,8 @@ def test_enums_accept_strings():
         ("max_retries", -1),
         ("log_level", "LOUD"),
         ("work_stealing", "maybe"),
+        ("checkpoint", True),
+        ("cost_history", True),
     ],
 )
 def test_bad_values_name_field_and_value(field, value):
@@ -55,6 +57,14 @@ def test_bad_values_name_field_and_value(field, value):
 def test_parse_memory(text, expected):
     assert parse_memory(text) == expected
     assert ParallelConfig(memory_limit_per_worker=text).memory_per_worker_bytes == expected
+
+
+@pytest.mark.parametrize("field", ["checkpoint", "cost_history", "scratch_directory"])
+def test_path_settings_false_means_none(field):
+    # (not a file named "False" in the working directory)
+    assert getattr(ParallelConfig(**{field: False}), field) is None
+    assert getattr(ParallelConfig(**{field: "none"}), field) is None
+    assert getattr(ParallelConfig(**{field: "run.jsonl"}), field) == "run.jsonl"
 
 
 def test_from_dict_rejects_unknown():

@@ -1,0 +1,66 @@
+"""What the coordinator keeps alive while QCManyBody assembles the result: at 680k fragments the
+result object alone is ~1.2 GiB, so the run's own state must be gone by then, and each
+fragment's properties must not live twice (as analyze's dict and as the result's model)."""
+
+from __future__ import annotations
+
+import weakref
+
+import qcmanybody.core
+from qcmanybody.models.v2 import ManyBodyResult
+
+import qcmb_hpc.coordinator
+import qcmb_hpc.progress
+from qcmb_hpc import ParallelManyBodyComputer
+from qcmb_hpc.computer import _CLUSTER_PROPERTIES, dict_value_model, validate_in_place
+from qcmb_hpc.testing.inputs import many_body_input
+
+from conftest import assert_same_result, quiet, reference
+
+
+def test_the_run_state_is_gone_when_assembly_starts(trimer, monkeypatch, tmp_path):
+    """The coordinator (its task tables, the scheduler) and the progress tracker refer to each
+    other; the collector is paused through assembly, so only the references being dropped frees
+    them — checked at QCManyBody's analyze, with a journal and progress (the defaults' state)."""
+    made = []
+    for cls in (qcmb_hpc.coordinator.Coordinator, qcmb_hpc.progress.ProgressTracker):
+        init = cls.__init__
+
+        def tracked(self, *a, _init=init, **k):
+            _init(self, *a, **k)
+            made.append(weakref.ref(self))
+
+        monkeypatch.setattr(cls, "__init__", tracked)
+    alive_at_analyze = []
+    analyze = qcmanybody.core.ManyBodyCore.analyze
+
+    def watched(self, *a, **k):
+        alive_at_analyze.extend(type(r()).__name__ for r in made if r() is not None)
+        return analyze(self, *a, **k)
+
+    monkeypatch.setattr(qcmanybody.core.ManyBodyCore, "analyze", watched)
+    inp = many_body_input(trimer, driver="gradient", bsse_type=["cp", "nocp"])
+    config = quiet(mode="multiprocessing", max_workers=2, checkpoint=str(tmp_path / "run.jsonl"))
+    res = ParallelManyBodyComputer(inp, parallel_config=config).compute()
+    assert len(made) == 2  # (one coordinator, one tracker: what was watched ran)
+    assert alive_at_analyze == []
+    assert_same_result(reference(inp), res)
+
+
+def test_cluster_properties_validated_in_place_are_what_pydantic_makes_and_are_kept(trimer):
+    """The models made one by one equal pydantic's own validation of the dicts, and the result
+    object takes them as they are (no second copy)."""
+    ref = reference(many_body_input(trimer, bsse_type=["cp", "nocp", "vmfc"]))
+    assert _CLUSTER_PROPERTIES is dict_value_model(ManyBodyResult, "cluster_properties") is not None
+    dicts = {k: v.model_dump(exclude_unset=True) for k, v in ref.cluster_properties.items()}
+    models = dict(dicts)
+    validate_in_place(models, _CLUSTER_PROPERTIES)
+    assert all(isinstance(m, _CLUSTER_PROPERTIES) for m in models.values()) and list(models) == list(dicts)
+    fields = {k: getattr(ref, k) for k in ManyBodyResult.model_fields}
+    from_dicts = ManyBodyResult(**{**fields, "cluster_properties": dicts})
+    from_models = ManyBodyResult(**{**fields, "cluster_properties": models})
+    assert from_models == from_dicts == ref
+    assert all(from_models.cluster_properties[k] is m for k, m in models.items())
+    assert {k: m.model_fields_set for k, m in from_models.cluster_properties.items()} == {
+        k: m.model_fields_set for k, m in from_dicts.cluster_properties.items()
+    }

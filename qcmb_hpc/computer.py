@@ -37,15 +37,16 @@ def dict_value_model(model: Any, field: str) -> Optional[type]:
 
 
 def validate_in_place(values: MutableMapping[str, Any], model: Optional[type]) -> None:
-    """Each dict of ``values`` replaced by ``model.model_validate`` of it, where it is — what
+    """Each dict of ``values`` replaced by the ``model`` pydantic validates from it, where it is — what
     pydantic does to a ``Dict[str, model]`` field (which then takes the instances as they are) —
     so that each dict is freed as its model is made, rather than all of them living beside all
     the models (at 680k fragments, ~0.2 GiB at the coordinator's peak)."""
     if model is None:
         return
+    validate = model.__pydantic_validator__.validate_python  # (model_validate's own call, ~15 % faster alone)
     for key, value in values.items():
         if isinstance(value, dict):
-            values[key] = model.model_validate(value)
+            values[key] = validate(value)
 
 
 _CLUSTER_PROPERTIES = dict_value_model(ManyBodyResult, "cluster_properties")

@@ -187,8 +187,10 @@ def _parse_log_level(value: Any) -> str:
     return s
 
 
-def _parse_path(value: Any) -> str:
-    if isinstance(value, bool):  # (True is no path: str() would make a file named "True")
+def _parse_path(value: Any) -> Optional[str]:
+    if value is False:  # (Python's "off"; str() would make a file named "False")
+        return None
+    if value is True:
         raise ValueError("expected a path, or false/none for none")
     s = str(value)
     if not s.strip():
@@ -230,7 +232,7 @@ def _parse_parsl_config(value: Any) -> Any:
 
 def _optional(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
     def parse_optional(value: Any) -> Any:
-        if value is None or value is False or (isinstance(value, str) and value.strip().lower() in ("", "none", "auto")):
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "auto")):
             return None
         return parse(value)
 

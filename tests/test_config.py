@@ -41,6 +41,7 @@ def test_enums_accept_strings():
         ("work_stealing", "maybe"),
         ("checkpoint", True),
         ("cost_history", True),
+        ("threads_per_worker", False),
     ],
 )
 def test_bad_values_name_field_and_value(field, value):

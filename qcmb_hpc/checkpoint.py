@@ -48,10 +48,11 @@ import io
 import json
 import os
 import socket
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -105,11 +106,13 @@ def decode_properties(data: Dict[str, Any]) -> Dict[str, Any]:
     holds) is a ``ValueError`` naming the property."""
     if not isinstance(data, dict):
         raise ValueError(f"properties is {_kind(data)}, not an object")
-    if set(map(type, data.values())) == _FLOATS:  # (the usual record: energies; read 600k times on a resume)
-        return dict(data)
+    # (keys interned: JSON's decoder makes each record's own copy of "energy", and a resume keeps
+    # 600k records' properties through the run)
+    if set(map(type, data.values())) == _FLOATS:  # (the usual record: energies)
+        return dict(zip(map(sys.intern, data), data.values()))
     out: Dict[str, Any] = {}
     for k, v in data.items():
-        out[k] = _decode_value(k, v)
+        out[sys.intern(k)] = _decode_value(k, v)
     return out
 
 
@@ -189,18 +192,23 @@ class Restored:
     torn: bool  #: a torn last line was cut off
 
 
+def _same(label: str) -> str:
+    return label
+
+
 class Journal:
     """Append-only journal. ``Journal.open`` reads what is there (resume) and positions for appending."""
 
-    def __init__(self, path: str, fh: Any, restored: Dict[str, Dict[str, Any]], torn: bool, lines: Optional[Dict[str, int]] = None):
+    def __init__(self, path: str, fh: Any, restored: Dict[Any, Dict[str, Any]], torn: bool,
+                 atomic: Optional[Dict[Any, Dict[str, Any]]] = None):
         self.path = path
         self._fh = fh
-        #: label → what resuming reads of its record: ``label``, ``properties`` (decoded, as
-        #: :func:`decode_properties` gives them), ``atomic_result`` when there is one; checked with
-        #: :func:`check_record`. The other fields are left out: a resume from 600k records would
-        #: otherwise hold ~400 MB of them through the run.
+        #: what resuming reads, filed under each record's key (see :meth:`open`): its properties,
+        #: decoded (:func:`decode_properties`), and, for records that carry one, the AtomicResult
+        #: (a dict). Records are checked (:func:`check_record`); nothing else of them is kept: at
+        #: 600k records every object per record kept through the run costs ~0.1 GiB.
         self.restored = restored
-        self.lines = lines or {}  #: label → the line its record is on (to name it in a later error)
+        self.atomic = atomic or {}
         self.torn = torn
         self.written = 0
         self.seconds = 0.0  #: spent in :meth:`append` (writing, flushing, fsyncing): the report's ``journal_writes``
@@ -208,19 +216,22 @@ class Journal:
     # ------------------------------------------------------------------------------------------
     @classmethod
     def open(
-        cls, path: str, fingerprint: str, *, fresh: bool = False, fragments: int = 0, info: Any = None
+        cls, path: str, fingerprint: str, *, fresh: bool = False, fragments: int = 0, info: Any = None,
+        key: Optional[Callable[[str], Any]] = None,
     ) -> "Journal":
         """Open ``path`` for this input. An existing journal for the same input is read (its records
         are in ``.restored``); one for another input raises :class:`JournalMismatch` unless ``fresh``,
         which replaces it. ``info`` (or what calling it gives: it is called only when a new journal
-        is started) goes into a new journal's header (:func:`plan_totals`)."""
+        is started) goes into a new journal's header (:func:`plan_totals`). ``key``: label → what
+        to file a record under (a run gives its task id, so that no label read is kept), None to
+        leave the record out; by default the label. A later record of a label replaces an earlier."""
         path = os.path.abspath(path)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        restored: Dict[str, Dict[str, Any]] = {}
-        lines: Dict[str, int] = {}
+        restored: Dict[Any, Dict[str, Any]] = {}
+        atomic: Dict[Any, Dict[str, Any]] = {}
         torn = False
         if os.path.exists(path) and not fresh:
-            restored, good_bytes, torn, lines = cls._read(path, fingerprint)
+            restored, atomic, good_bytes, torn = cls._read(path, fingerprint, key or _same)
             if good_bytes is None:  # empty file
                 fresh = True
             else:
@@ -239,26 +250,27 @@ class Journal:
             }
             write_atomically(path, json.dumps(header) + "\n")
         fh = open(path, "a")
-        return cls(path, fh, restored, torn, lines)
+        return cls(path, fh, restored, torn, atomic)
 
     @staticmethod
-    def _read(path: str, fingerprint: str) -> Tuple[Dict[str, Dict[str, Any]], Optional[int], bool, Dict[str, int]]:
+    def _read(path: str, fingerprint: str, key: Callable[[str], Any]) -> Tuple[Dict[Any, Dict[str, Any]], Dict[Any, Dict[str, Any]], Optional[int], bool]:
         try:
-            return Journal._read_lines(path, fingerprint)
+            return Journal._read_lines(path, fingerprint, key)
         except JournalError:
             with open(path, "rb") as fh:
                 if not fh.read().strip():  # only whitespace: an empty journal, not a damaged one
-                    return {}, None, False, {}
+                    return {}, {}, None, False
             raise
 
     @staticmethod
-    def _read_lines(path: str, fingerprint: str) -> Tuple[Dict[str, Dict[str, Any]], Optional[int], bool, Dict[str, int]]:
-        records: Dict[str, Dict[str, Any]] = {}
-        where: Dict[str, int] = {}
+    def _read_lines(path: str, fingerprint: str, key: Callable[[str], Any]) -> Tuple[Dict[Any, Dict[str, Any]], Dict[Any, Dict[str, Any]], Optional[int], bool]:
+        records: Dict[Any, Dict[str, Any]] = {}
+        atomic: Dict[Any, Dict[str, Any]] = {}
         state = _Pass()
         with open(path, "rb") as fh:
-            # line by line, each record slimmed as it is read: the whole file and every full
-            # record at once would be ~1 GB at 600k records
+            # line by line, each record reduced to its properties as it is read: the whole file
+            # and every full record at once would be ~1 GB at 600k records, and what outlives a
+            # line is interleaved with what does not (pymalloc keeps the holes: ~0.2 GiB at 600k)
             for lineno, obj in iter_lines(fh, path, 1, state):
                 if lineno == 1:
                     if obj.get("format") != FORMAT:
@@ -274,24 +286,27 @@ class Journal:
                 except ValueError as exc:
                     # valid JSON is a complete write: a record of the wrong shape is damage, even last
                     raise JournalError(f"checkpoint {path} is corrupt at line {lineno}: {exc}") from None
-                label = obj["label"]
-                atomic = obj.get("atomic_result")
-                records[label] = {"label": label, "properties": properties} if atomic is None else \
-                    {"label": label, "properties": properties, "atomic_result": atomic}
-                where[label] = lineno
+                k = key(obj["label"])
+                if k is None:
+                    continue
+                records[k] = properties
+                if obj.get("atomic_result") is not None:
+                    atomic[k] = obj["atomic_result"]
+                else:
+                    atomic.pop(k, None)
         if not state.seen:  # an empty file (or only whitespace)
-            return {}, None, False, {}
+            return {}, {}, None, False
         if state.good == 0:  # not even a header
             if state.torn:
-                return {}, None, True, {}
+                return {}, {}, None, True
             raise JournalError(f"checkpoint {path} is corrupt at line 1: no header")
-        return records, state.good, state.torn, where
+        return records, atomic, state.good, state.torn
 
     def release(self) -> None:
         """Forget what was read (the run has taken what it needs): a resume's records need not
         stay in memory through the run and its assembly."""
         self.restored = {}
-        self.lines = {}
+        self.atomic = {}
 
     # ------------------------------------------------------------------------------------------
     def append(self, records: Iterable[Dict[str, Any]]) -> int:
@@ -314,8 +329,8 @@ class Journal:
             pass
 
 
-def write_atomically(path: str, text: str, durable: bool = True) -> None:
-    """Replace ``path`` by ``text`` durably: a uniquely named temporary file in the same directory,
+def write_atomically(path: str, text: Union[str, Iterable[str]], durable: bool = True) -> None:
+    """Replace ``path`` by ``text`` (or the pieces of it, in order) durably: a uniquely named temporary file in the same directory,
     fsynced, renamed over ``path`` (readers see the old file or the new one, never a part; an
     existing file's permissions are kept, a new file gets those the user's umask gives, as
     ``open`` would), then the directory fsynced. The one way this project writes a whole file:
@@ -326,7 +341,8 @@ def write_atomically(path: str, text: str, durable: bool = True) -> None:
     fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as fh:
-            fh.write(text)
+            for piece in ((text,) if isinstance(text, str) else text):
+                fh.write(piece)
             if durable:
                 fh.flush()
                 os.fsync(fh.fileno())

@@ -33,13 +33,14 @@ a file that cannot be read or written is a one-line warning (see :mod:`qcmb_hpc.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
 import signal
 import sys
 import time
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Sequence
 
 from .config import SETTINGS, ParallelConfig, ParallelMode, config_values_from_environment
 from .errors import FragmentExecutionError, IncompleteRunError, InputDataError, ParallelExecutionError
@@ -243,12 +244,44 @@ def config_from_args(args: argparse.Namespace, environ: Optional[Dict[str, str]]
 
 
 def _write_json(path: str, result: Any) -> None:
-    text = result.serialize("json") if hasattr(result, "serialize") else result.json()
-    if isinstance(text, bytes):
-        text = text.decode()
+    """The result as QCSchema JSON: exactly ``result.serialize("json")``'s text, written in pieces
+    for a v2 model (at 680k fragments the whole text, and its bytes as written, are ~0.2 GiB
+    over the result itself)."""
+    from qcelemental.models.v2.basemodels import ProtoModel
+    from qcelemental.util.serialization import JSONArrayEncoder
+
     from .checkpoint import write_atomically
 
-    write_atomically(path, text)
+    if isinstance(result, ProtoModel):  # (its serialize("json") is json.dumps(model_dump(), cls=JSONArrayEncoder))
+        write_atomically(path, json_pieces(result.model_dump(), JSONArrayEncoder().encode))
+        return
+    text = result.serialize("json") if hasattr(result, "serialize") else result.json()
+    write_atomically(path, text.decode() if isinstance(text, bytes) else text)
+
+
+def json_pieces(data: Any, encode: Callable[[Any], str], chunk: int = 10000) -> Iterator[str]:
+    """``encode(data)``'s text (a JSON encoder's, without indent or sorting) in pieces: a dict is
+    written entry by entry, and a dict value of more than ``chunk`` entries ``chunk`` entries at
+    a time, so that no more than that much of the text exists at once."""
+    if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
+        yield encode(data)
+        return
+    yield "{"
+    for n, (key, value) in enumerate(data.items()):
+        yield (", " if n else "") + encode(key) + ": "
+        if isinstance(value, dict) and len(value) > chunk and all(isinstance(k, str) for k in value):
+            items = iter(value.items())
+            first = True
+            while True:
+                part = dict(itertools.islice(items, chunk))
+                if not part:
+                    break
+                yield ("{" if first else ", ") + encode(part)[1:-1]
+                first = False
+            yield "}"
+        else:
+            yield encode(value)
+    yield "}"
 
 
 #: what to say when the molecule is not cut into fragments

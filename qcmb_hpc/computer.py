@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import typing
-from typing import Any, ClassVar, Dict, MutableMapping, Optional, Tuple, Union
+from array import array
+from typing import Any, ClassVar, Dict, Iterable, Iterator, List, Mapping, MutableMapping, Optional, Tuple, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from qcmanybody.models.v2 import ManyBodyInput, ManyBodyResult
@@ -44,12 +45,72 @@ def validate_in_place(values: MutableMapping[str, Any], model: Optional[type]) -
     if model is None:
         return
     validate = model.__pydantic_validator__.validate_python  # (model_validate's own call, ~15 % faster alone)
+    # A frozen model's set of explicitly set fields never changes after validation (assignment
+    # raises; copies copy it), so models with the same set can share one: ~0.2 kB a fragment.
+    shared: Optional[Dict[frozenset, set]] = {} if model.model_config.get("frozen") else None
     for key, value in values.items():
         if isinstance(value, dict):
-            values[key] = validate(value)
+            made = validate(value)
+            if shared is not None:
+                fields_set = made.__pydantic_fields_set__
+                same = shared.setdefault(frozenset(fields_set), fields_set)
+                if same is not fields_set:
+                    object.__setattr__(made, "__pydantic_fields_set__", same)
+            values[key] = made
 
 
 _CLUSTER_PROPERTIES = dict_value_model(ManyBodyResult, "cluster_properties")
+
+
+class FragmentProperties(Mapping):
+    """Label → a fragment's properties (a dict), what QCManyBody's ``analyze`` reads, in plan
+    order. Properties that are all numbers (``float``) under the same keys — an energy run's
+    ``{"energy": ...}`` — are kept as columns of doubles (bit for bit the same numbers) and each
+    dict is made as it is read; any other is kept as it is. At 680k fragments that is 680k small
+    dicts fewer beside ``analyze``'s own working set, the coordinator's peak (~0.1 GiB)."""
+
+    def __init__(self, labels: List[str], properties: Iterable[Dict[str, Any]]):
+        self._labels = labels
+        self._keys: Optional[Tuple[str, ...]] = None
+        self._columns: List[array] = []
+        self._other: Dict[int, Dict[str, Any]] = {}  #: position → properties kept as they are
+        self._index: Optional[Dict[str, int]] = None
+        for i, props in enumerate(properties):
+            if self._keys is None:
+                self._keys = tuple(props)
+                self._columns = [array("d") for _ in self._keys]
+            if tuple(props) == self._keys and all(type(v) is float for v in props.values()):
+                for column, value in zip(self._columns, props.values()):
+                    column.append(value)
+            else:
+                self._other[i] = props
+                for column in self._columns:
+                    column.append(0.0)
+        if len(self._labels) != (len(self._columns[0]) if self._columns else len(self._other)):
+            raise ValueError(f"{len(self._labels)} labels for a different number of properties")
+
+    def _at(self, i: int) -> Dict[str, Any]:
+        other = self._other.get(i)
+        if other is not None:
+            return other
+        return {key: column[i] for key, column in zip(self._keys, self._columns)}  # type: ignore[arg-type]
+
+    def __getitem__(self, label: str) -> Dict[str, Any]:
+        if self._index is None:  # (analyze reads in order: values() and items() need no index)
+            self._index = {lbl: i for i, lbl in enumerate(self._labels)}
+        return self._at(self._index[label])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._labels)
+
+    def __len__(self) -> int:
+        return len(self._labels)
+
+    def values(self):  # type: ignore[override]
+        return (self._at(i) for i in range(len(self._labels)))
+
+    def items(self):  # type: ignore[override]
+        return ((label, self._at(i)) for i, label in enumerate(self._labels))
 
 
 def coerce_input(data: Any) -> Tuple[ManyBodyInput, int]:
@@ -207,7 +268,9 @@ class ParallelManyBodyComputer(ManyBodyComputer):
     def assemble(self, plan: Plan, outcome: Any, atomic: Dict[int, Any], info: Any):
         """The v2 ``ManyBodyResult`` from a run's outcome (QCManyBody's ``analyze`` and
         ``get_results``, on the fragments in plan order), with the run report in :attr:`run_info`;
-        a failed or stopped run raises (:class:`FragmentExecutionError`, :class:`IncompleteRunError`)."""
+        a failed or stopped run raises (:class:`FragmentExecutionError`, :class:`IncompleteRunError`).
+        The run's state is consumed (the outcome's properties and timings, the plan's tasks, the
+        core's compute lists): what is left of them is in the result and the report."""
         phases = getattr(info, "phases", None) or Phases()
         with paused_gc():  # (the report and QCManyBody's analyze: ~10^6 long-lived objects at scale)
             return self._assemble(plan, outcome, atomic, info, phases)
@@ -219,6 +282,8 @@ class ParallelManyBodyComputer(ManyBodyComputer):
                 outcome, plan.tasks, info.workers, info.mode, info.wall, initial_costs=info.initial_costs,
                 specifications=plan.specifications, started=getattr(info, "started", None),
             )
+        # (the per-attempt timings and the initial estimates now live in the report)
+        outcome.timings, info.initial_costs = [], None
         # (the same dict as phases.seconds: assembly, timed below, shows in it too)
         report["phases"] = phases.seconds
         report["first_dispatch_seconds"] = getattr(info, "first_dispatch", None)
@@ -255,17 +320,24 @@ class ParallelManyBodyComputer(ManyBodyComputer):
 
         with phases("assembly"):
             # (where the memory goes at scale: QCManyBody's result object holds one set of
-            # properties per fragment, ~1.9 kB each; the peaks before and after each step are in
-            # the report. The outcome's properties are consumed: analyze copies what it needs.)
+            # properties per fragment, ~1.7 kB each; the peaks before and after each step are in
+            # the report. The run's state is consumed as it is handed on — the outcome's
+            # properties (analyze copies what it needs), the plan's tasks (their labels are the
+            # result's keys) — so that little but the result is alive at its peak.)
             properties, outcome.properties = outcome.properties, {}
-            component_properties = {t.label: properties.pop(t.id) for t in plan.tasks}
+            tasks, plan.tasks = plan.tasks, []
+            component_properties = FragmentProperties([t.label for t in tasks], (properties.pop(t.id) for t in tasks))
             del properties
             component_results = {}
             if plan.keep_atomic_results:
                 merged = {**atomic, **outcome.atomic_results}
-                component_results = {t.label: merged[t.id] for t in plan.tasks if t.id in merged}
+                component_results = {t.label: merged[t.id] for t in tasks if t.id in merged}
+            del tasks
             memory = report["peak_rss_steps_bytes"] = {"before_assembly": report["peak_rss_bytes"]}
             analyze_back = plan.core.analyze(component_properties)
+            # QCManyBody's compute lists (built lazily, rebuilt if asked for): get_results does
+            # not use them, and at 680k fragments they are ~0.15 GiB.
+            plan.core.mc_compute_dict = None
             memory["analyze"] = peak_rss()
             analyze_back["nbody_number"] = len(component_properties)
             del component_properties

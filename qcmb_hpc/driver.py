@@ -263,26 +263,29 @@ def open_journal(config: ParallelConfig, plan: Any, fresh: bool = False) -> Tupl
 
     if not config.checkpoint:
         return None, {}, {}
+    ids: Dict[str, int] = {}
+
+    def task_id(label: str) -> Optional[int]:  # (the plan's own id: no label read is kept; None: not in the plan)
+        if not ids:  # (at the first record: a new journal has none)
+            ids.update((t.label, t.id) for t in plan.tasks)
+        return ids.get(label)
+
     try:
         journal = Journal.open(
-            config.checkpoint, plan.fingerprint, fresh=fresh, fragments=len(plan.tasks), info=lambda: plan_totals(plan.tasks)
+            config.checkpoint, plan.fingerprint, fresh=fresh, fragments=len(plan.tasks), info=lambda: plan_totals(plan.tasks),
+            key=task_id,
         )
     except JournalError as exc:
         raise InputDataError(str(exc)) from None
     except OSError as exc:
         raise InputDataError(f"checkpoint {config.checkpoint}: {exc.strerror or exc}") from None
-    by_label = {t.label: t.id for t in plan.tasks} if journal.restored else {}
-    restored: Dict[int, Dict[str, Any]] = {}
+    ids.clear()
+    restored: Dict[int, Dict[str, Any]] = journal.restored  # (decoded as the journal was read)
     atomic: Dict[int, Any] = {}
-    for label, rec in journal.restored.items():
-        tid = by_label.get(label)
-        if tid is None:
-            continue
-        restored[tid] = rec["properties"]  # (decoded as the journal was read)
-        if plan.keep_atomic_results and rec.get("atomic_result") is not None:
-            from qcelemental.models.v2 import AtomicResult
+    if plan.keep_atomic_results and journal.atomic:
+        from qcelemental.models.v2 import AtomicResult
 
-            atomic[tid] = AtomicResult(**rec["atomic_result"])
+        atomic = {tid: AtomicResult(**rec) for tid, rec in journal.atomic.items()}
     journal.release()  # (taken: the records need not stay in memory through the run)
     if journal.torn:
         logger.warning("checkpoint %s ended in a torn record (killed mid-write): that fragment is recomputed", journal.path)

@@ -64,3 +64,64 @@ def test_cluster_properties_validated_in_place_are_what_pydantic_makes_and_are_k
     assert {k: m.model_fields_set for k, m in from_models.cluster_properties.items()} == {
         k: m.model_fields_set for k, m in from_dicts.cluster_properties.items()
     }
+
+
+def _bits(x):
+    import struct
+
+    return struct.pack("<d", x) if isinstance(x, float) else x
+
+
+def test_fragment_properties_give_the_same_dicts_in_the_same_order():
+    """Numbers-only properties kept as columns come back bit for bit (NaN, -0.0, inf), any other
+    (arrays, other keys, ints) as it was; order, length and lookup are a dict's."""
+    import numpy as np
+
+    from qcmb_hpc.computer import FragmentProperties
+
+    given = {
+        "a": {"energy": -76.1},
+        "b": {"energy": float("nan")},
+        "c": {"energy": -0.0},
+        "d": {"energy": -76.1, "gradient": np.arange(6.0).reshape(2, 3)},
+        "e": {"energy": float("inf")},
+        "f": {"dipole": 1.5},
+        "g": {"energy": 3},
+    }
+    fp = FragmentProperties(list(given), (dict(v) for v in given.values()))
+    assert list(fp) == list(given) and len(fp) == len(given)
+    for got, (label, want) in zip(fp.values(), given.items()):
+        assert list(got) == list(want) and fp[label].keys() == want.keys()
+        for k in want:
+            if isinstance(want[k], np.ndarray):
+                assert np.array_equal(got[k], want[k]) and fp[label][k] is got[k]
+            else:
+                assert type(got[k]) is type(want[k]) and _bits(got[k]) == _bits(want[k]), (label, k)
+    assert [k for k, _ in fp.items()] == list(given)
+    assert dict(FragmentProperties([], [])) == {}
+    import pytest
+
+    with pytest.raises(ValueError, match="labels"):
+        FragmentProperties(["a", "b"], [{"energy": 1.0}])
+
+
+def test_analyze_reads_fragment_properties_as_it_reads_the_dict(trimer):
+    """QCManyBody's analyze gives the same output from the columns as from the dicts, bit for bit
+    (an energy run, all columns; a gradient run, none)."""
+    import numpy as np
+
+    from qcmb_hpc.computer import FragmentProperties
+    from qcmb_hpc.plan import make_plan
+
+    for driver in ("energy", "gradient"):
+        inp = many_body_input(trimer, driver=driver, bsse_type=["cp", "nocp", "vmfc"])
+        ref = reference(inp)
+        props = {lbl: {"energy": p.return_energy, **({"gradient": np.asarray(p.return_gradient)} if driver == "gradient" else {})}
+                 for lbl, p in ref.cluster_properties.items()}
+        plan = make_plan(inp)
+        want = plan.core.analyze(props)
+        got = make_plan(inp).core.analyze(FragmentProperties(list(props), (dict(v) for v in props.values())))
+        assert list(got) == list(want) and got["stdout"] == want["stdout"]
+        assert list(got["component_properties"]) == list(want["component_properties"])
+        for key in ("ret_energy", "energy_body_dict", "results"):
+            assert repr(got[key]) == repr(want[key]), (driver, key)

@@ -126,7 +126,6 @@ def test_torn_last_line_still_tolerated(tmp_path):
     j = Journal.open(str(path), FP)
     try:
         assert j.torn and sorted(j.restored) == ["A", "B"]
-        assert j.lines == {"A": 2, "B": 3}
     finally:
         j.close()
     assert path.read_text().endswith("\n") and len(path.read_text().splitlines()) == 3  # cut back to whole records
@@ -149,7 +148,7 @@ def test_atomic_results_written_by_a_run_pass(tmp_path, trimer):
     n = len(make_plan(inp).tasks)
     j = Journal.open(str(ck), make_plan(inp).fingerprint)
     try:
-        assert len(j.restored) == n and all(r.get("atomic_result") for r in j.restored.values())
+        assert len(j.restored) == n and sorted(j.atomic) == sorted(j.restored) and all(j.atomic.values())
     finally:
         j.close()
     res = ParallelManyBodyComputer(inp, parallel_config=quiet(report_in_extras=True, mode="sequential", checkpoint=str(ck))).compute()
@@ -163,14 +162,25 @@ def test_restored_records_decode(tmp_path):
     try:
         assert not j.torn and sorted(j.restored) == ["A", "B", "C"]
         for rec in recs:
-            got, want = j.restored[rec["label"]]["properties"], decode_properties(rec["properties"])  # (decoded as read)
+            got, want = j.restored[rec["label"]], decode_properties(rec["properties"])  # (decoded as read)
             assert got["gradient"].shape == (3, 3) and all(np.array_equal(got[k], want[k]) for k in want)
         j.append([good_record("D", 4)])
     finally:
         j.close()
     j = Journal.open(str(path), FP)
     try:
-        assert sorted(j.restored) == ["A", "B", "C", "D"] and j.lines["D"] == 5
+        assert sorted(j.restored) == ["A", "B", "C", "D"] and j.atomic == {}
+    finally:
+        j.close()
+    # filed under the key the caller gives (a run: its task ids), records it has no key for left out;
+    # a later record of a label replaces the earlier one
+    again = {**good_record("B", 7), "properties": {"energy": -7.5}}
+    with open(path, "a") as fh:
+        fh.write(json.dumps(again) + "\n")
+    j = Journal.open(str(path), FP, key={"A": 10, "B": 11}.get)
+    try:
+        assert sorted(j.restored) == [10, 11] and j.restored[11] == {"energy": -7.5}
+        assert np.array_equal(j.restored[10]["gradient"], decode_properties(recs[0]["properties"])["gradient"])
     finally:
         j.close()
 

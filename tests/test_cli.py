@@ -321,3 +321,27 @@ def test_files_are_made_with_the_users_umask(tmp_path, trimer_input):
     assert proc.returncode == 0, proc.stderr
     for name in ("trimer.result.json", "trimer.report.json", "trimer.checkpoint.jsonl"):
         assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o640, name
+
+
+def test_result_file_is_exactly_serialize_json_written_in_pieces(tmp_path, trimer):
+    """The result file's text is QCSchema's own ``serialize("json")``, whichever way it is cut
+    (big dicts a few entries at a time: the cluster properties and results, numpy arrays inside),
+    and for a v1 result too."""
+    from qcelemental.util.serialization import JSONArrayEncoder
+
+    from qcmb_hpc.cli import _write_json, json_pieces
+
+    inp = many_body_input(trimer, bsse_type=["cp", "nocp"], driver="gradient", protocols={"cluster_results": "all"})
+    res = reference(inp)
+    want = res.serialize("json")
+    assert len(res.cluster_properties) > 3 and len(res.cluster_results) > 3
+    encode = JSONArrayEncoder().encode
+    for chunk in (1, 2, 3, len(res.cluster_properties), 10000):
+        assert "".join(json_pieces(res.model_dump(), encode, chunk=chunk)) == want, chunk
+    for data in ({}, [1, {"a": 2}], {"a": {}, "b": {"x": float("nan")}}, {1: {"a": 1}}):
+        assert "".join(json_pieces(data, encode, chunk=1)) == encode(data)
+    _write_json(str(tmp_path / "r.json"), res)
+    assert (tmp_path / "r.json").read_text() == want
+    v1 = res.convert_v(1)
+    _write_json(str(tmp_path / "r1.json"), v1)
+    assert (tmp_path / "r1.json").read_text() == v1.serialize("json")

@@ -99,6 +99,15 @@ def test_fragment_properties_give_the_same_dicts_in_the_same_order():
                 assert type(got[k]) is type(want[k]) and _bits(got[k]) == _bits(want[k]), (label, k)
     assert [k for k, _ in fp.items()] == list(given)
     assert dict(FragmentProperties([], [])) == {}
+    # every fragment alike: whole columns (one key, several keys, none)
+    for same in ({"energy": -0.0}, {"energy": -1.5, "extra": float("nan")}, {}):
+        n = {k: {key: v * (i + 1) for key, v in same.items()} for i, k in enumerate("xyz")}
+        fp = FragmentProperties(list(n), (dict(v) for v in n.values()))
+        assert fp._other == {} or not same
+        assert [(k, [_bits(x) for x in v.values()], list(v)) for k, v in fp.items()] == [
+            (k, [_bits(x) for x in v.values()], list(v)) for k, v in n.items()
+        ]
+        assert [list(v) for v in fp.values()] == [list(v) for v in n.values()] and fp["y"].keys() == n["y"].keys()
     import pytest
 
     with pytest.raises(ValueError, match="labels"):

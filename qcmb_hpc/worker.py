@@ -54,7 +54,9 @@ def scratch_root(configured: Optional[str] = None) -> str:
 def check_scratch(root: str) -> None:
     """Make sure workers can make their scratch directories under ``root`` (an ``OSError`` if not)."""
     os.makedirs(root, exist_ok=True)
-    probe = tempfile.mkdtemp(prefix="qcmb_hpc-probe-", dir=root)
+    # (named like a worker's scratch: if this process is killed before the rmdir, the next run
+    # on this host removes it with the rest, see remove_stale_scratch)
+    probe = tempfile.mkdtemp(prefix=f"qcmb_hpc-{socket.gethostname()}-{os.getpid()}-probe-", dir=root)
     os.rmdir(probe)
 
 
@@ -124,7 +126,7 @@ def process_exists(pid: int) -> bool:
 def remove_stale_scratch(root: str, host: Optional[str] = None) -> List[str]:
     """Remove the scratch directories under ``root`` that workers on this host left when they were
     killed (SIGKILL, a node's OOM killer, ``scancel``): named ``qcmb_hpc-<host>-<pid>-w<n>-…``
-    for a process that no longer exists. A live process's (any user's) is left alone. Returns
+    (or ``…-probe-…``, :func:`check_scratch`'s) for a process that no longer exists. A live process's (any user's) is left alone. Returns
     what was removed."""
     host = host or socket.gethostname()
     prefix = f"qcmb_hpc-{host}-"
@@ -135,7 +137,7 @@ def remove_stale_scratch(root: str, host: Optional[str] = None) -> List[str]:
         return removed
     for name in names:
         pid, _, rest = name[len(prefix):].partition("-")
-        if not name.startswith(prefix) or not pid.isdigit() or not rest.startswith("w"):
+        if not name.startswith(prefix) or not pid.isdigit() or not rest.startswith(("w", "probe-")):
             continue
         if process_exists(int(pid)):
             continue

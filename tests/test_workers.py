@@ -108,7 +108,8 @@ def test_scratch_of_killed_workers_is_removed_by_the_next_run(tmp_path):
         "dead": f"qcmb_hpc-{host}-{dead}-w0-abc",
         "alive": f"qcmb_hpc-{host}-{os.getpid()}-w1-abc",
         "other host": f"qcmb_hpc-{host}x-{dead}-w0-abc",
-        "not a worker's": f"qcmb_hpc-{host}-{dead}-probe",
+        "dead probe": f"qcmb_hpc-{host}-{dead}-probe-abc",
+        "not a worker's": f"qcmb_hpc-{host}-{dead}-journal",
         "someone else's": f"other-{host}-{dead}-w0-abc",
     }
     for name in names.values():
@@ -128,8 +129,8 @@ def test_scratch_of_killed_workers_is_removed_by_the_next_run(tmp_path):
         removed = remove_stale_scratch(str(tmp_path), host)
     finally:
         zombie.wait()
-    assert sorted(removed) == sorted(str(tmp_path / names[k]) for k in ("dead", "zombie"))
-    assert sorted(os.listdir(tmp_path)) == sorted(n for k, n in names.items() if k not in ("dead", "zombie"))
+    assert sorted(removed) == sorted(str(tmp_path / names[k]) for k in ("dead", "dead probe", "zombie"))
+    assert sorted(os.listdir(tmp_path)) == sorted(n for k, n in names.items() if k not in ("dead", "dead probe", "zombie"))
 
 
 def stat_state(pid):

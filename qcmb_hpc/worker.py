@@ -51,13 +51,16 @@ def scratch_root(configured: Optional[str] = None) -> str:
     return tempfile.gettempdir()
 
 
+def make_process_directory(root: str, kind: str, host: Optional[str] = None) -> str:
+    """A new directory under ``root`` named ``qcmb_hpc-<host>-<pid>-<kind>-…``: the one name that
+    :func:`remove_stale_scratch` knows to remove once this process is gone (killed)."""
+    return tempfile.mkdtemp(prefix=f"qcmb_hpc-{host or socket.gethostname()}-{os.getpid()}-{kind}-", dir=root)
+
+
 def check_scratch(root: str) -> None:
     """Make sure workers can make their scratch directories under ``root`` (an ``OSError`` if not)."""
     os.makedirs(root, exist_ok=True)
-    # (named like a worker's scratch: if this process is killed before the rmdir, the next run
-    # on this host removes it with the rest, see remove_stale_scratch)
-    probe = tempfile.mkdtemp(prefix=f"qcmb_hpc-{socket.gethostname()}-{os.getpid()}-probe-", dir=root)
-    os.rmdir(probe)
+    os.rmdir(make_process_directory(root, "probe"))  # (left by a kill in between: removed as stale)
 
 
 class _ProcessState:
@@ -125,9 +128,9 @@ def process_exists(pid: int) -> bool:
 
 def remove_stale_scratch(root: str, host: Optional[str] = None) -> List[str]:
     """Remove the scratch directories under ``root`` that workers on this host left when they were
-    killed (SIGKILL, a node's OOM killer, ``scancel``): named ``qcmb_hpc-<host>-<pid>-w<n>-…``
-    (or ``…-probe-…``, :func:`check_scratch`'s) for a process that no longer exists. A live process's (any user's) is left alone. Returns
-    what was removed."""
+    killed (SIGKILL, a node's OOM killer, ``scancel``): made by :func:`make_process_directory` —
+    a worker's ``w<n>``, :func:`check_scratch`'s ``probe`` — for a process that no longer exists.
+    A live process's (any user's) is left alone. Returns what was removed."""
     host = host or socket.gethostname()
     prefix = f"qcmb_hpc-{host}-"
     removed = []
@@ -251,7 +254,7 @@ class Worker:
         root = scratch_root(spec.scratch_root)
         os.makedirs(root, exist_ok=True)
         remove_stale_scratch(root, self.host)  # (what a killed run on this host left: a rerun resumes it)
-        self.scratch = tempfile.mkdtemp(prefix=f"qcmb_hpc-{self.host}-{os.getpid()}-w{worker_id}-", dir=root)
+        self.scratch = make_process_directory(root, f"w{worker_id}", self.host)
         inherited = self.endpoint.inherited()
         # An isolated runner forks its child after a full gc.collect(): ~0.1 s of CPU in a process
         # with qcengine loaded, at the start of every run on every worker (16 ranks on 2 cores:

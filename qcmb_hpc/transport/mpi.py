@@ -272,15 +272,23 @@ class MpiPool(WorkerPool):
     def _share_node_configuration(self) -> None:
         """QCEngine's node description once per node: the first
         non-coordinating rank of each node computes it, the others there take it (a split
-        communicator of the ranks ≥ 1 on each node; rank 0 coordinates and needs none)."""
+        communicator of the ranks ≥ 1 on each node; rank 0 coordinates and needs none).
+
+        Every worker rank imports QCEngine before they meet again (the first rank's CPU
+        description runs meanwhile in a subprocess): the import is most of a worker's start, and
+        ranks that waited for the description before importing left the node's cores idle while
+        it ran. (The split comes first: it is a blocking collective that rank 0 takes part in.)"""
         from mpi4py import MPI
 
-        from ..engine import adopt_node_configuration, warm_qcengine
+        from ..engine import adopt_node_configuration, start_node_detection, warm_qcengine
 
         color = min(r for r in self.node_ranks if r >= 1) if any(r >= 1 for r in self.node_ranks) else 0
         sub = self.comm.Split(color if self.rank >= 1 else MPI.UNDEFINED, self.rank)
         if sub == MPI.COMM_NULL:
             return
+        if sub.Get_rank() == 0:
+            start_node_detection()
+        import qcengine  # noqa: F401
         try:
             values = warm_qcengine() if sub.Get_rank() == 0 else None
             values = quiet_bcast(sub, values)

@@ -19,7 +19,8 @@ def test_node_description_once_per_node(monkeypatch):
     calls = []
     real = qcmb_hpc.engine.cpu_description
     monkeypatch.setattr(qcmb_hpc.engine, "cpu_description", lambda: calls.append(1) or real())
-    monkeypatch.setattr(qcengine.config, "_global_values", None)  # as in a fresh process
+    monkeypatch.setattr(qcengine.config, "_global_values", None)  # as in a fresh process ...
+    monkeypatch.setattr(qcmb_hpc.engine, "_early_cpu_info", None)  # ... that has not described its CPU
     inp = many_body_input(water_cluster(3), bsse_type=["cp"], protocols={"cluster_results": "all"})
     res, _ = mpi_compute(inp)
     counts = gather(len(calls), "CPU descriptions")

@@ -140,10 +140,10 @@ def warm(a: argparse.Namespace) -> dict:
                 ParallelManyBodyComputer(inp, parallel_config=cfg).compute()
                 wall = time.perf_counter() - t
                 o = captured["out"]
-                secs = [s for (_, _, _, s) in o.timings]
+                secs = [s for (_, _, _, s) in captured["timings"]]
                 lb = makespan_lower_bound(secs, n)
                 first = {}
-                for _, w, st, _ in o.timings:
+                for _, w, st, _ in captured["timings"]:
                     first[w] = min(first.get(w, 1e30), st - captured["t0"])
                 q_runs.append({"makespan": o.makespan, "lower_bound": lb, "ratio": o.makespan / lb, "compute_wall": wall,
                                "steals": o.steals, "fragments": len(secs), "workers_used": len(first),

@@ -162,11 +162,11 @@ def _child(comm, a: argparse.Namespace) -> None:
         if rank == 0:
             out = captured["out"]
             rep = comp.run_info
-            secs = [s for (_, _, _, s) in out.timings]
+            secs = [s for (_, _, _, s) in captured["timings"]]
             lb = makespan_lower_bound(secs, n)
             t0 = captured["t0"]
             first = {}
-            for tid, w, st, s in out.timings:
+            for tid, w, st, s in captured["timings"]:
                 first[w] = min(first.get(w, 1e30), st - t0)
             runs.append(
                 {
@@ -181,7 +181,7 @@ def _child(comm, a: argparse.Namespace) -> None:
                     "steals": out.steals,
                     "steal_requests": out.steal_requests,
                     "first_start_median": sorted(first.values())[len(first) // 2],
-                    "timings": [(tid, w, st - t0, s) for tid, w, st, s in out.timings],
+                    "timings": [(tid, w, st - t0, s) for tid, w, st, s in captured["timings"]],
                     "estimates": [captured["costs"][i] for i in range(len(captured["costs"]))],
                     "rank_correlation": rep["estimate_rank_correlation"],
                 }

@@ -158,7 +158,7 @@ def warm(a: argparse.Namespace) -> dict:
             big = many_body_input(common.water(a.noop_waters), program="qcmb_noop", bsse_type=["nocp"], max_nbody=a.noop_nbody)
             ParallelManyBodyComputer(big, parallel_config=cfg).compute()
             rep = captured["out"]
-            count = len(rep.properties)
+            count = captured["done"]
             out["noop_qcmb_hpc"] = {"fragments": count, "seconds": rep.makespan, "rate": count / rep.makespan}
             labels = [str(i) for i in range(count)]
             list(f.result() for f in [noop_app(x) for x in labels[: 4 * n]])  # warm-up

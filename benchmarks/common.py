@@ -226,7 +226,8 @@ def parse_ints(text: str) -> List[int]:
 def capture_coordinator_runs() -> Dict[str, Any]:
     """From now on, keep the last coordinator run's start (epoch seconds, ``"t0"``), outcome
     (``"out"``), its attempt timings (``"timings"``: a copy, since assembly consumes the
-    outcome's) and task estimates (``"costs"``) in the returned dict (this process's runs)."""
+    outcome's), how many fragments it finished (``"done"``: assembly consumes their properties
+    too) and task estimates (``"costs"``) in the returned dict (this process's runs)."""
     import qcmb_hpc.coordinator as coordinator_mod
 
     captured: Dict[str, Any] = {}
@@ -237,6 +238,7 @@ def capture_coordinator_runs() -> Dict[str, Any]:
         out = real_run(self)
         captured["out"] = out
         captured["timings"] = list(out.timings)
+        captured["done"] = len(out.properties)
         captured["costs"] = {tid: t.cost for tid, t in self.tasks.items()}
         return out
 

@@ -21,7 +21,8 @@ def test_captured_run_keeps_its_timings(monkeypatch):
     inp = many_body_input(water_cluster(3), bsse_type=["nocp"])
     comp = ParallelManyBodyComputer(inp, parallel_config=quiet(mode="multiprocessing", max_workers=2))
     comp.compute()
-    assert len(captured["timings"]) == len(captured["costs"]) == len(comp.build_plan().tasks) > 0
+    n = len(comp.build_plan().tasks)
+    assert len(captured["timings"]) == len(captured["costs"]) == captured["done"] == n > 0
     assert {w for _t, w, _s, _sec in captured["timings"]} <= {0, 1}
     assert all(sec >= 0 for *_, sec in captured["timings"]) and captured["out"].makespan > 0
     assert min(start for _t, _w, start, _s in captured["timings"]) >= captured["t0"] - 1.0

@@ -29,10 +29,12 @@ estimate rank correlation (the cost model's starting estimates against the measu
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -89,6 +91,7 @@ def run(a: argparse.Namespace) -> dict:
     program, first = build_atomic_input(RunSpec(molecule=plan.core.molecule, specifications=plan.specifications), plan.tasks[-1].label)
     qcengine.compute(first, program, raise_error=True)
     work = tempfile.mkdtemp(prefix="qcmb_bench_pyscf-")
+    atexit.register(shutil.rmtree, work, True)  # (the input, the CLI's result and report)
     path = os.path.join(work, "input.json")
     with open(path, "w") as fh:
         text = inp.serialize("json")

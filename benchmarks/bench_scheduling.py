@@ -41,7 +41,9 @@ worse than without (median) at every N.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -147,6 +149,8 @@ def _child(comm, a: argparse.Namespace) -> None:
         log_level="ERROR",  # (oversubscription warnings: expected here)
     )
     journal_dir = tempfile.mkdtemp(prefix="qcmb_bench_journal-") if a.defaults and rank == 0 else None
+    if journal_dir is not None:
+        atexit.register(shutil.rmtree, journal_dir, True)
     # warm-up: qcengine's node detection on every rank, imports, first messages
     ParallelManyBodyComputer(make_input(base / 50), parallel_config=cfg).compute()
 

@@ -27,6 +27,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import sys
 import time
 import traceback
 from dataclasses import dataclass
@@ -172,7 +173,6 @@ def cpu_description() -> Dict[str, Any]:
     it (see :data:`_CPU_INFO_SCRIPT`); py-cpuinfo's own call if that fails."""
     import json
     import subprocess
-    import sys
 
     import cpuinfo
 
@@ -192,8 +192,9 @@ def start_node_detection() -> None:
     answer. (Only that call runs in the thread: importing qcengine there would race the main
     thread's imports.)"""
     global _early_cpu_info
-    if _early_cpu_info is not None:
-        return
+    qcng_config = sys.modules.get("qcengine.config")
+    if _early_cpu_info is not None or getattr(qcng_config, "_global_values", None) is not None:
+        return  # (started already, or this process's QCEngine has its node description)
     import threading
 
     box: List[Any] = []

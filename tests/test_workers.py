@@ -151,6 +151,20 @@ def test_cpu_description_is_py_cpuinfos():
     assert {k: v for k, v in fast.items() if k not in moving} == {k: v for k, v in slow.items() if k not in moving}
 
 
+def test_node_detection_not_started_when_qcengine_has_its_description():
+    """A process whose QCEngine already described the node (a warm MPI world running its next
+    ``compute()``, a script that called ``get_global()``) starts no CPU-description subprocess."""
+    code = """
+import qcengine, qcmb_hpc.engine as e
+qcengine.config.get_global()
+e.start_node_detection()
+assert e._early_cpu_info is None, e._early_cpu_info
+print("none started")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "none started", out.stderr
+
+
 def test_node_detection_started_early_gives_qcengines_own_values():
     """The CPU description computed in the background while the input is planned is what
     QCEngine computes itself (provenance: the CPU brand), and QCEngine takes it."""

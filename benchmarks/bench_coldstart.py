@@ -17,11 +17,23 @@ Four commands, each a fresh process tree, run alternately ``--repeat`` times:
   ``mpi4py.futures.MPIPoolExecutor`` (8 worker ranks), largest first.
 
 Reported per command: the median whole-process wall, the ratio qcmb_hpc / pool (target ≤ 0.80 in
-both modes), and a breakdown from the run's own timestamps: start-up (launch → the run starts:
-interpreter, imports, MPI), to the first fragment (launch → the first fragment starts), the run
-(first start → last end), the tail (last end → exit: assembly, writing, shutdown); LB from the
-measured fragment times. And ``python -X importtime`` per role: what the coordinator (rank 0 / the
-main process) and a worker rank import.
+both modes), and a breakdown from the run's own timestamps (:func:`breakdown`), whose six phases add
+up to the wall:
+
+* ``imports`` — launch → the coordinator's imports done and the run starting (the interpreter, the
+  imports, reading the input; under MPI also ``mpiexec`` and ``MPI_Init``);
+* ``planning`` — QCManyBody's plan, the cost estimates, the journal, the run's setup (the pools'
+  script: its plan, the same estimates, every fragment's ``AtomicInput``);
+* ``worker_start`` — planning done → the first fragment starts (what the workers' start costs
+  beyond what overlapped the planning);
+* ``run`` — the first fragment's start → the last one's end;
+* ``assembly`` — QCManyBody's ``analyze`` and ``get_results`` (qcmb_hpc: and the run report);
+* ``shutdown`` — the rest: the last result coming back, the workers stopping, writing the output,
+  the interpreter's exit.
+
+``to_first_fragment`` is imports + planning + worker start. LB comes from the measured fragment
+times. And ``python -X importtime`` per role: what the coordinator (rank 0 / the main process) and
+a worker rank import.
 
     python benchmarks/bench_coldstart.py [--repeat 3] [--workers 8] [--lb 2.8]
 """
@@ -86,8 +98,9 @@ def _fragment(item):
 
 
 def baseline(kind: str, input_path: str, workers: int, out_path: str) -> None:
-    """Plan with QCManyBody, run every fragment on the pool largest first, assemble with QCManyBody."""
-    started = time.time()
+    """Plan with QCManyBody, run every fragment on the pool largest first, assemble with QCManyBody;
+    write the fragments' spans and the script's own timestamps (``marks``) to ``out_path``."""
+    marks = {"started": time.time()}
     import qcmb_hpc.testing.engines  # noqa: F401
     from qcmanybody.v2 import ManyBodyComputer
 
@@ -96,6 +109,7 @@ def baseline(kind: str, input_path: str, workers: int, out_path: str) -> None:
     from qcmb_hpc.plan import make_plan
     from qcmanybody.models.v2 import ManyBodyInput
 
+    marks["imported"] = time.time()
     with open(input_path) as fh:
         inp = ManyBodyInput(**json.load(fh))
     comp = ManyBodyComputer.from_manybodyinput(inp, build_tasks=False)
@@ -104,6 +118,7 @@ def baseline(kind: str, input_path: str, workers: int, out_path: str) -> None:
     spec = RunSpec(molecule=plan.core.molecule, specifications=plan.specifications)
     order = sorted(plan.tasks, key=lambda t: -t.cost)
     items = [build_atomic_input(spec, t.label) for t in order]
+    marks["planned"] = time.time()
     if kind == "process":
         from concurrent.futures import ProcessPoolExecutor as Pool
 
@@ -115,12 +130,14 @@ def baseline(kind: str, input_path: str, workers: int, out_path: str) -> None:
     with pool:
         futures = [pool.submit(_fragment, it) for it in items]
         outs = [f.result() for f in futures]
+    marks["pool_closed"] = time.time()
     props = {t.label: o[0] for t, o in zip(order, outs)}
     analyze = comp.qcmb_core.analyze({t.label: props[t.label] for t in plan.tasks})
     analyze["nbody_number"] = len(props)
     result = comp.get_results(external_results=analyze, component_results={})
+    marks["assembled"] = time.time()
     with open(out_path, "w") as fh:
-        json.dump({"started": started, "fragments": [[s, e] for _, s, e in outs], "return_result": result.return_result}, fh)
+        json.dump({"marks": marks, "fragments": [[s, e] for _, s, e in outs], "return_result": result.return_result}, fh)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -137,26 +154,49 @@ def _run(cmd, cwd, env):
     return t0, t1
 
 
-def breakdown(launch: float, end: float, started: float, spans, workers: int):
-    """The phases of one run from its timestamps (``spans``: each fragment's (start, end))."""
+PHASES = ("imports", "planning", "worker_start", "run", "assembly", "shutdown")  # (they add up to the wall)
+
+
+def breakdown(launch: float, end: float, started: float, planning: float, assembly: float, spans, workers: int):
+    """The phases of one run (:data:`PHASES`, see the module's text) from its timestamps: ``launch``
+    and ``end`` seen from outside, ``started`` (epoch s) when the coordinator's run began after its
+    imports, ``planning`` and ``assembly`` (s) how long those took, ``spans`` each fragment's
+    (start, end)."""
     first = min(s for s, _ in spans)
     last = max(e for _, e in spans)
     seconds = [e - s for s, e in spans]
     lb = max(sum(seconds) / workers, max(seconds))
     return {
         "wall": end - launch,
-        "startup": started - launch,
+        "imports": started - launch,
+        "planning": planning,
+        "worker_start": first - started - planning,
         "to_first_fragment": first - launch,
         "run": last - first,
-        "tail": end - last,
+        "assembly": assembly,
+        "shutdown": end - last - assembly,
         "lower_bound": lb,
         "run_over_lb": (last - first) / lb,
     }
 
 
-def qcmb_spans(report):
+def qcmb_breakdown(launch: float, end: float, report, workers: int):
+    """:func:`breakdown` of a qcmb_hpc command from its run report (``NAME.report.json``): the
+    run's ``started``, its phases (planning = planning, estimates, journal, setup; assembly = the
+    report and QCManyBody's assembly) and its successful attempts."""
+    ph = report["phases"]
     a = report["attempts"]
-    return [(s, s + d) for s, d, st in zip(a["start"], a["seconds"], a["status"]) if st == "success"]
+    spans = [(s, s + d) for s, d, st in zip(a["start"], a["seconds"], a["status"]) if st == "success"]
+    planning = sum(ph.get(k, 0.0) for k in ("planning", "estimates", "journal", "setup"))
+    return breakdown(launch, end, report["started"], planning, ph.get("report", 0.0) + ph.get("assembly", 0.0),
+                     spans, workers)
+
+
+def pool_breakdown(launch: float, end: float, out, workers: int):
+    """:func:`breakdown` of a pool's script from what :func:`baseline` wrote."""
+    m = out["marks"]
+    return breakdown(launch, end, m["imported"], m["planned"] - m["imported"], m["assembled"] - m["pool_closed"],
+                     out["fragments"], workers)
 
 
 def import_times(work: str, input_path: str, env) -> dict:
@@ -221,11 +261,10 @@ def main(argv=None) -> int:
                 if name.startswith("qcmb_hpc"):
                     with open(os.path.join(work, "w8.report.json")) as fh:
                         rep = json.load(fh)
-                    runs[name].append(breakdown(launch, end, rep["started"], qcmb_spans(rep), n))
+                    runs[name].append(qcmb_breakdown(launch, end, rep, n))
                 else:
                     with open(out) as fh:
-                        b = json.load(fh)
-                    runs[name].append(breakdown(launch, end, b["started"], b["fragments"], n))
+                        runs[name].append(pool_breakdown(launch, end, json.load(fh), n))
                 print(f"repeat {r + 1}: {name}: {runs[name][-1]['wall']:.2f} s", flush=True)
 
         def med(name, key):
@@ -249,7 +288,7 @@ def main(argv=None) -> int:
                         "qcmb_hpc / pool <= 0.80 (MPI)": ratios["mpi"] <= 0.80},
         }
         common.write_json(NAME, data)
-        keys = ["wall", "startup", "to_first_fragment", "run", "tail", "lower_bound", "run_over_lb"]
+        keys = ["wall", *PHASES, "to_first_fragment", "lower_bound", "run_over_lb"]
         rows = [[name, *(f"{data['median'][name][k]:.2f}" for k in keys)] for name in runs]
         print(common.table(["command (median of %d)" % a.repeat, *keys], rows,
                            f"Cold start, {data['workload']}, {n} workers"))

@@ -21,9 +21,13 @@ fragments run at once: with 16 workers running 16 large fragments that all end t
 of them to end would count as the whole rate — an ETA 16 times too long.
 
 And no run ends before its longest running fragment does: the ETA is at least the largest
-``estimate · seconds_per_cost − age`` of those running (:meth:`CostLedger.longest_left`). This is
-what keeps it honest at the tail, when fewer fragments are left than workers and the rate of the
-whole run no longer applies.
+``estimate · seconds_per_cost · risk − age`` of those running (:meth:`CostLedger.longest_left`).
+This is what keeps it honest at the tail, when fewer fragments are left than workers and the rate
+of the whole run no longer applies. ``risk`` is the upper-quantile factor the scheduler's tail
+guard plans with (:func:`qcmb_hpc.cost.task_risk`: the 90th percentile of the model chemistry's
+estimate error): the run ends with the *latest* of the running fragments, and the latest of several
+noisy ends lies above their estimates — by their point estimates the ETA ran out while an
+under-estimated fragment still ran (``benchmarks/bench_eta.py``, 32 workers).
 
 :class:`CostLedger` keeps the sums. Fragments priced alike (the same program, method, driver and
 size: a handful of groups, however many fragments) share a group, so a refit re-prices in
@@ -63,13 +67,15 @@ class CostLedger:
     """Estimated cost of the fragments done (restored, or finished in this run) and left.
 
     ``groups[i]`` is the pricing group of the task with id ``i``; ``price(group)`` its current
-    estimate; ``revision()`` changes whenever prices may have changed (a refit)."""
+    estimate; ``revision()`` changes whenever prices may have changed (a refit); ``risk(i)`` the
+    factor from the task's estimate to its upper quantile (:meth:`longest_left`)."""
 
     def __init__(
         self,
         groups: Sequence[Hashable],
         price: Callable[[Hashable], float],
         revision: Callable[[], Any] = lambda: None,
+        risk: Callable[[int], float] = lambda tid: 1.0,
     ):
         index: Dict[Hashable, int] = {}
         self._of = array("l", [0]) * len(groups)  # task id → group number
@@ -87,6 +93,7 @@ class CostLedger:
         self._session = [0] * n
         self._price = price
         self._revision = revision
+        self._risk = risk
         self._rev: Any = object()  # never equal: price on first use
         self._prices: List[float] = []
         self._sums = (0.0, 0.0, 0.0)
@@ -141,13 +148,15 @@ class CostLedger:
 
     def running_parts(self, running: Iterable[Tuple[float, int]]) -> Dict[int, Tuple[float, float]]:
         """For each of ``running`` (``(age seconds, task id)``): ``(credit, seconds left)`` —
-        :func:`running_credit` of it, and what it still needs by its estimate at this run's
-        measured seconds per unit of cost (both 0 before the first measurement)."""
+        :func:`running_credit` of it, and what it still needs by its estimate's upper quantile
+        (``risk``) at this run's measured seconds per unit of cost (both 0 before the first
+        measurement)."""
         spu = self.seconds_per_cost()
         out: Dict[int, Tuple[float, float]] = {}
         for age, tid in running:
             est = self.price(tid)
-            out[tid] = (running_credit([(age, est)], spu), max(0.0, est * spu - age) if spu else 0.0)
+            left = max(0.0, est * spu * self._risk(tid) - age) if spu else 0.0
+            out[tid] = (running_credit([(age, est)], spu), left)
         return out
 
     def credit(self, running: Iterable[Tuple[float, int]]) -> float:
@@ -172,13 +181,17 @@ class CostLedger:
 def ledger_for(tasks: Sequence[Any], cost_model: Any = None) -> CostLedger:
     """The ledger of ``tasks`` (ids 0..n-1, in order): priced by ``cost_model``'s current fits
     (:meth:`~qcmb_hpc.cost.CostModel.group`, ``group_estimate``, ``revision``), or without one by
-    each task's fixed ``cost``."""
+    each task's fixed ``cost``; its upper quantiles are the tail guard's
+    (:func:`~qcmb_hpc.cost.task_risk`)."""
+    from .cost import task_risk
+
     ordered = tasks
     if any(t.id != i for i, t in enumerate(tasks)):  # (a plan's tasks are in id order: no sort)
         ordered = sorted(tasks, key=lambda t: t.id)
         if any(t.id != i for i, t in enumerate(ordered)):
             raise ValueError("task ids must be 0..n-1")
+    risk = task_risk(cost_model, ordered)
     if cost_model is None or not hasattr(cost_model, "group"):
-        return CostLedger([float(t.cost) for t in ordered], float)
+        return CostLedger([float(t.cost) for t in ordered], float, risk=risk)
     groups = cost_model.groups(ordered) if hasattr(cost_model, "groups") else [cost_model.group(t) for t in ordered]
-    return CostLedger(groups, cost_model.group_estimate, lambda: cost_model.revision)
+    return CostLedger(groups, cost_model.group_estimate, lambda: cost_model.revision, risk=risk)

@@ -43,6 +43,27 @@ def test_no_eta_before_the_longest_running_fragment_can_end():
     assert led.longest_left([(5.0, 0), (0.5, 2)]) == pytest.approx(15.0)
     assert led.eta(100.0, credit=0.0, at_least=15.0) == pytest.approx(max(15.0, 11 * 100.0))
     assert led.eta(1.0, credit=0.0, at_least=15.0) == pytest.approx(15.0)  # 11 s by the rate: too soon
+    # by its upper quantile (the tail guard's factor): 10 units · 2 s · 1.5 − 5 s run
+    risky = CostLedger([10.0, 1.0, 1.0], float, risk=lambda tid: 1.5 if tid == 0 else 1.0)
+    risky.mark(1, seconds=2.0)
+    assert risky.longest_left([(5.0, 0), (0.5, 2)]) == pytest.approx(25.0)
+    assert risky.longest_left([(40.0, 0)]) == 0.0  # past even that: nothing more to say
+
+
+def test_ledger_takes_the_tail_guards_upper_quantiles():
+    from qcmb_hpc.cost import DEFAULT_SPREAD, task_risk, upper_quantile
+
+    plan = skewed_plan(waters=4, max_nbody=3)
+    model = CostModel(plan.core.molecule, plan.specifications)
+    model.estimate_tasks(plan.tasks)
+    led, risk = ledger_for(plan.tasks, model), task_risk(model, plan.tasks)
+    led.mark(0, seconds=1.0)
+    spu, t = led.seconds_per_cost(), plan.tasks[-1]
+    assert risk(t.id) > 1.0
+    assert led.longest_left([(0.0, t.id)]) == pytest.approx(led.price(t.id) * spu * risk(t.id))
+    bare = ledger_for([type("T", (), {"id": 0, "cost": 2.0})()])  # no model: the default spread
+    bare.mark(0, seconds=4.0)
+    assert bare.longest_left([(1.0, 0)]) == pytest.approx(2.0 * 2.0 * upper_quantile(DEFAULT_SPREAD) - 1.0)
 
 
 def test_ledger_reprices_done_and_left_work_when_the_model_refits():
@@ -99,6 +120,17 @@ def test_cost_weighted_eta_beats_count_based_on_a_skewed_workload(workers):
     assert cost["mean"] < count["mean"] / 4
     assert cost["max_after_10"] < count["max_after_10"] / 2
     assert cost["settled"] < 0.3 < 0.9 < count["settled"]  # within 10 % for the last 70 % of the run and more
+
+
+def test_eta_settles_before_the_count_based_one_with_more_workers_than_the_tail_has_fragments():
+    """32 workers on the skewed 175 fragments (the tail guard on, as by default): the run ends with
+    the latest of a few noisy large fragments; by their point estimates the ETA had run out while
+    an under-estimated one still ran (within 10 % only from 90 % of the run, later than the
+    count-based ETA); by their upper quantiles it settles well before."""
+    r = measure_etas(32)
+    count, cost = r["summary"]["count"], r["summary"]["cost"]
+    assert cost["settled"] < count["settled"] - 0.1, (cost, count)
+    assert cost["mean"] < count["mean"] / 2
 
 
 def test_running_credit_matters_with_many_workers():

@@ -17,7 +17,8 @@
    one local block of 4 workers: makespan / LB, whole-process wall, no-op throughput  ~2 min
 8. ``bench_coldstart.py`` — the whole command, cold, 8 workers: multiprocessing against
    ProcessPoolExecutor and mpiexec against MPIPoolExecutor (largest first), alternating, 3
-   repeats; where the time goes; imports per role                                 ~4 min
+   repeats; where the time goes (imports, planning, worker start, run, assembly,
+   shutdown); imports per role                                                    ~4 min
 9. ``bench_scale.py`` — (H2O)64 4-body NoCP (679,120 fragments, no-op engine): first dispatch,
    phases and peak memory, fresh and resumed from a 600k-record journal; worker overhead  ~10 min
 
